@@ -1,0 +1,46 @@
+# Cleo's two commands: `make run` and `make test`. Both set up .venv on first use.
+# Stamp files in .venv record what is installed, so a second run installs nothing.
+
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+PIP    := $(BIN)/python -m pip
+
+.PHONY: run test lint models bench clean
+
+run: $(VENV)/.installed-base models
+	$(BIN)/cleo
+
+test: $(VENV)/.installed-dev
+	$(BIN)/ruff check .
+	$(BIN)/mypy
+	QT_QPA_PLATFORM=offscreen $(BIN)/python -m pytest
+
+lint: $(VENV)/.installed-dev
+	$(BIN)/ruff check .
+	$(BIN)/mypy
+
+models: $(VENV)/.installed-base
+	$(BIN)/python -m training.defaults
+
+bench: $(VENV)/.installed-dev
+	@for script in bench/*.py; do $(BIN)/python $$script || exit 1; done
+
+$(VENV)/.installed-base: pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(PIP) install --upgrade pip
+	# llama.cpp compiles here (10-25 min once; pip caches the wheel). GGML_NATIVE=OFF keeps
+	# the build portable to other CPUs.
+	CMAKE_ARGS="-DGGML_NATIVE=OFF" $(PIP) install "llama-cpp-python==0.3.36"
+	$(PIP) install -e .
+	touch $@
+
+$(VENV)/.installed-dev: $(VENV)/.installed-base
+	sh packaging/install-test-system-packages.sh
+	# torch first and alone: an unpinned torch from another package would pull GBs of CUDA.
+	$(PIP) install "torch==2.13.0"
+	$(PIP) install -e ".[train,dev]"
+	touch $@
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,42 @@
+"""The two families of errors Cleo knows (DESIGN.md decision 8).
+
+A `KnownError` is something the user or their machine can fix: the message says what happened
+in the user's words and `hint` says what to do. The CLI and the GUI show it as it is, with no
+traceback. Anything that is not a `KnownError` is a bug: it is logged with its traceback and
+reported once, and the app keeps running.
+"""
+
+from __future__ import annotations
+
+
+class KnownError(Exception):
+    """An error with a message the user can act on."""
+
+    def __init__(self, message: str, *, hint: str = "") -> None:
+        super().__init__(message)
+        self.message = message
+        self.hint = hint
+
+    def user_text(self) -> str:
+        """The message and, on its own line, what to do about it."""
+        return f"{self.message}\n{self.hint}" if self.hint else self.message
+
+
+class FolderNotWritable(KnownError):
+    """A folder Cleo must write to cannot be created or written."""
+
+
+class SettingsInvalid(KnownError):
+    """A setting has an unknown name or a value outside its limits."""
+
+
+class ModelMissing(KnownError):
+    """A model file Cleo needs is not where it should be."""
+
+
+class ModelFileInvalid(KnownError):
+    """A model file exists but is damaged, truncated or of an unsupported kind."""
+
+
+class DownloadFailed(KnownError):
+    """A package that carries model weights could not be fetched from the package index."""

@@ -1,0 +1,185 @@
+"""Cleo's settings: one pydantic model, persisted as JSON, overridable from the environment.
+
+Every field has a type, limits, a default and a description; the settings dialog (issue 6) is
+generated from this model. Values come from, in order of strength: `CLEO_<FIELD>` environment
+variables, `settings.json` in the config folder, the defaults below.
+
+A damaged settings file never stops Cleo: unreadable JSON is kept as `settings.json.bad` and the
+defaults are used; a file with unknown or out-of-range entries keeps its good entries, the bad
+ones are named in a warning, and the original is kept as `settings.json.bad`. A bad environment
+variable is an error, because the user typed it just now and should learn it was ignored.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic_core import ErrorDetails
+
+from engine.errors import SettingsInvalid
+from engine.paths import ensure, folders
+
+log = logging.getLogger(__name__)
+
+ENV_PREFIX = "CLEO_"
+FILE_NAME = "settings.json"
+
+DEFAULT_SYSTEM_PROMPT = (
+    "You are Cleo, a helpful assistant that runs privately on the user's own computer. "
+    "Answer clearly and briefly."
+)
+
+
+class Settings(BaseModel):
+    """Everything a user can set. Instances are immutable; use `updated()` to change one."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True)
+
+    # Model and runtime
+    chat_model: str = Field(
+        "", max_length=4096,
+        description="Path of the GGUF chat model to use; empty means Cleo's default model.",
+    )
+    context_size: int = Field(
+        4096, ge=512, le=262144, description="Tokens of conversation the model sees at once."
+    )
+    threads: int = Field(
+        0, ge=0, le=512,
+        description="CPU threads for generation; 0 means physical cores minus one (at least 1).",
+    )
+    gpu_layers: int = Field(
+        -1, ge=-1, le=4096,
+        description="Layers to put on the GPU; -1 means as many as fit, 0 means CPU only.",
+    )
+    kv_cache_budget_mb: int = Field(
+        1024, ge=0, le=262144,
+        description="Memory for remembering other conversations' context so switching back is fast.",
+    )
+
+    # Sampling
+    temperature: float = Field(0.7, ge=0.0, le=2.0, description="Randomness of replies; 0 is always the same.")
+    top_p: float = Field(0.95, gt=0.0, le=1.0, description="Sample only from the most likely tokens up to this mass.")
+    top_k: int = Field(40, ge=0, le=1000, description="Sample only from this many likely tokens; 0 means all.")
+    min_p: float = Field(0.05, ge=0.0, le=1.0, description="Drop tokens less likely than this share of the best one.")
+    repeat_penalty: float = Field(1.1, ge=1.0, le=2.0, description="How strongly to avoid repeating words.")
+    max_tokens: int = Field(1024, ge=1, le=32768, description="Longest reply, in tokens.")
+    seed: int = Field(-1, ge=-1, le=2**31 - 1, description="Random seed; -1 picks a new one every reply.")
+
+    # Conversation and memory
+    system_prompt: str = Field(
+        DEFAULT_SYSTEM_PROMPT, max_length=20000, description="Instructions Cleo follows in every chat."
+    )
+    memory_enabled: bool = Field(True, description="Let Cleo remember things about you across chats.")
+    ask_before_remembering: bool = Field(
+        True, description="Show proposed memories for approval instead of saving them at once."
+    )
+
+    # Appearance
+    theme: Literal["system", "light", "dark"] = Field("system", description="Colour theme of the window.")
+    font_size: int = Field(11, ge=8, le=32, description="Size of the chat text, in points.")
+
+    def updated(self, **changes: Any) -> Settings:
+        """A copy with `changes` applied, validated like everything else."""
+        return _validate({**self.model_dump(), **changes}, source="the change")
+
+
+def settings_file() -> Path:
+    return folders().config / FILE_NAME
+
+
+def load_settings() -> tuple[Settings, list[str]]:
+    """The settings in force, and warnings about anything in the file that had to be ignored."""
+    path = settings_file()
+    stored, warnings = _read_file(path)
+    values = {**stored, **_environment_values()}
+    try:
+        return _validate(values, source=str(path)), warnings
+    except SettingsInvalid:
+        pass
+    # Some stored entries are unknown or out of range: keep the good ones, name the bad ones.
+    good, bad = _split_valid(stored)
+    if bad:
+        _keep_bad_copy(path)
+        warnings += [f"Ignored setting in {path}: {problem}" for problem in bad]
+        warnings.append(f"The original file was kept as {path.name}.bad.")
+    return _validate({**good, **_environment_values()}, source="the environment"), warnings
+
+
+def save_settings(settings: Settings) -> Path:
+    """Write `settings` atomically, so a crash mid-write never leaves half a file."""
+    path = ensure(folders().config) / FILE_NAME
+    partial = path.with_suffix(".json.partial")
+    partial.write_text(json.dumps(settings.model_dump(), indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    os.replace(partial, path)
+    return path
+
+
+def _read_file(path: Path) -> tuple[dict[str, Any], list[str]]:
+    if not path.exists():
+        return {}, []
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+        if not isinstance(data, dict):
+            raise ValueError("the file does not hold a JSON object")
+    except (ValueError, UnicodeDecodeError) as exc:
+        _keep_bad_copy(path)
+        path.unlink()
+        warning = (
+            f"Settings file {path} could not be read ({exc}); it was kept as {path.name}.bad "
+            "and the default settings are used."
+        )
+        log.warning(warning)
+        return {}, [warning]
+    return data, []
+
+
+def _keep_bad_copy(path: Path) -> None:
+    path.with_name(path.name + ".bad").write_bytes(path.read_bytes())
+
+
+def _environment_values() -> dict[str, str]:
+    values = {}
+    for name in Settings.model_fields:
+        raw = os.environ.get(ENV_PREFIX + name.upper())
+        if raw is not None:
+            values[name] = raw
+    return values
+
+
+def _split_valid(stored: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:
+    good: dict[str, Any] = {}
+    bad: list[str] = []
+    for key, value in stored.items():
+        try:
+            _validate({key: value}, source="")
+            good[key] = value
+        except SettingsInvalid as exc:
+            bad.append(exc.message)
+    return good, bad
+
+
+def _validate(values: dict[str, Any], *, source: str) -> Settings:
+    env_values = _environment_values()
+    try:
+        return Settings.model_validate(values)
+    except ValidationError as exc:
+        problems = [_describe(error, env_values) for error in exc.errors()]
+        where = f" (in {source})" if source else ""
+        raise SettingsInvalid(
+            "; ".join(problems) + where,
+            hint="Fix or remove that setting; every setting and its limits are listed in the README.",
+        ) from None
+
+
+def _describe(error: ErrorDetails, env_values: dict[str, str]) -> str:
+    key = ".".join(str(part) for part in error["loc"])
+    if error["type"] == "extra_forbidden":
+        known = ", ".join(Settings.model_fields)
+        return f"unknown setting '{key}' (known settings: {known})"
+    origin = f" from {ENV_PREFIX}{key.upper()}" if key in env_values else ""
+    return f"setting '{key}' = {error.get('input')!r}{origin} is not allowed: {error['msg']}"

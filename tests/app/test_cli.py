@@ -1,0 +1,51 @@
+"""The `cleo` command, run as a user runs it: a real process on the real default model."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from tests.conftest import DefaultModels
+
+
+def _cleo(*args: str, home: Path, **env: str) -> subprocess.CompletedProcess[str]:
+    full_env = {**os.environ, "CLEO_HOME": str(home), "CLEO_THREADS": "1", **env}
+    return subprocess.run([sys.executable, "-m", "app", *args], env=full_env, capture_output=True,
+                          text=True, timeout=300, check=False)
+
+
+def test_chat_once_answers_and_keeps_llama_logs_out_of_the_terminal(default_models: DefaultModels) -> None:
+    result = _cleo("chat", "--once", "What is the capital of France?", home=default_models.home,
+                   CLEO_TEMPERATURE="0")
+    assert result.returncode == 0, result.stderr
+    assert "Paris" in result.stdout
+    assert "llama_context" not in result.stderr
+    log_text = (default_models.home / "logs" / "cleo.log").read_text()
+    assert "llama_context" in log_text
+
+
+def test_missing_model_is_explained_without_a_traceback(cleo_home: Path) -> None:
+    result = _cleo("chat", "--once", "hello", home=cleo_home)
+    assert result.returncode == 2
+    assert "does not exist" in result.stderr
+    assert "python -m training.defaults" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_corrupt_settings_warn_and_chat_still_works(default_models: DefaultModels, cleo_home: Path) -> None:
+    default_models.copy_home_to(cleo_home)
+    (cleo_home / "config").mkdir()
+    (cleo_home / "config" / "settings.json").write_text("{not json")
+    result = _cleo("chat", "--once", "What is the capital of France?", home=cleo_home, CLEO_TEMPERATURE="0")
+    assert result.returncode == 0, result.stderr
+    assert "settings.json.bad" in result.stderr
+    assert "Paris" in result.stdout
+
+
+def test_bad_setting_in_the_environment_is_explained(cleo_home: Path) -> None:
+    result = _cleo("chat", "--once", "hi", home=cleo_home, CLEO_CONTEXT_SIZE="lots")
+    assert result.returncode == 2
+    assert "CLEO_CONTEXT_SIZE" in result.stderr
+    assert "Traceback" not in result.stderr
