@@ -26,18 +26,18 @@ models: $(VENV)/.installed-base
 bench: $(VENV)/.installed-dev
 	@for script in bench/*.py; do $(BIN)/python $$script || exit 1; done
 
+# llama.cpp compiles during the first install (10-25 min; pip caches the wheel).
+# GGML_NATIVE=OFF keeps the build portable to other CPUs.
 $(VENV)/.installed-base: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(PIP) install --upgrade pip
-	# llama.cpp compiles here (10-25 min once; pip caches the wheel). GGML_NATIVE=OFF keeps
-	# the build portable to other CPUs.
 	CMAKE_ARGS="-DGGML_NATIVE=OFF" $(PIP) install "llama-cpp-python==0.3.36"
 	$(PIP) install -e .
 	touch $@
 
+# torch goes first and alone: an unpinned torch asked for by another package pulls GBs of CUDA.
 $(VENV)/.installed-dev: $(VENV)/.installed-base
 	sh packaging/install-test-system-packages.sh
-	# torch first and alone: an unpinned torch from another package would pull GBs of CUDA.
 	$(PIP) install "torch==2.13.0"
 	$(PIP) install -e ".[train,dev]"
 	touch $@
