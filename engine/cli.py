@@ -13,7 +13,8 @@ import sys
 import threading
 from pathlib import Path
 
-from engine.errors import KnownError
+from engine import model_commands
+from engine.errors import KnownError, ModelMissing
 from engine.llama_backend import ChatModel, Sampling, default_threads
 from engine.logs import setup_logging
 from engine.paths import default_chat_model, folders
@@ -32,12 +33,21 @@ def main(argv: list[str]) -> int:
     chat = commands.add_parser("chat", help="chat with Cleo in the terminal")
     chat.add_argument("--once", metavar="MESSAGE", help="answer MESSAGE, print the reply and exit")
     chat.add_argument("--model", type=Path, help="a GGUF chat model (default: Cleo's default model)")
+    models = commands.add_parser("models", help="list models or describe one (without loading it)")
+    models_commands = models.add_subparsers(dest="models_command", required=True, metavar="ACTION")
+    listing = models_commands.add_parser("list", help="the models Cleo can use, and unusable .gguf files")
+    listing.add_argument("--json", action="store_true", help="print JSON instead of text")
+    info = models_commands.add_parser("info", help="what a GGUF file holds")
+    info.add_argument("path", type=Path)
+    info.add_argument("--json", action="store_true", help="print JSON instead of text")
     args = parser.parse_args(argv)
     try:
         setup_logging()
         settings, warnings = load_settings()
         for warning in warnings:
             print(f"warning: {warning}", file=sys.stderr)
+        if args.command == "models":
+            return model_commands.run(args.models_command, path=getattr(args, "path", None), as_json=args.json)
         return run_chat(settings, model_path=args.model, once=args.once)
     except KnownError as exc:
         print(f"cleo: {exc.user_text()}", file=sys.stderr)
@@ -50,6 +60,10 @@ def main(argv: list[str]) -> int:
 
 def run_chat(settings: Settings, *, model_path: Path | None, once: str | None) -> int:
     path = model_path or (Path(settings.chat_model) if settings.chat_model else default_chat_model())
+    if path == default_chat_model() and not path.exists():
+        raise ModelMissing(f"Cleo's default model {path} does not exist.",
+                           hint="Build it with `python -m training.defaults` (or `make run`), or choose a model "
+                                "with --model PATH.")
     model = ChatModel(path, context_size=settings.context_size, threads=settings.threads or default_threads())
     sampling = Sampling(
         temperature=settings.temperature, top_p=settings.top_p, top_k=settings.top_k,

@@ -22,13 +22,13 @@ import llama_cpp
 import numpy as np
 from llama_cpp import llama_chat_format
 
-from engine.errors import ModelFileInvalid, ModelMissing
+from engine.errors import ModelFileInvalid
+from engine.gguf_header import read_header
 
 log = logging.getLogger("llama.cpp")
 
 # ggml_log_level: 1 debug, 2 info, 3 warn, 4 error, 5 continues the previous record.
 _GGML_LEVELS = {1: logging.DEBUG, 2: logging.INFO, 3: logging.WARNING, 4: logging.ERROR}
-_GGUF_MAGIC = b"GGUF"
 # Used when a model carries no chat template of its own.
 _CHATML = (
     "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
@@ -189,7 +189,7 @@ class Embedder:
 
 def _load(path: Path, **params: Any) -> llama_cpp.Llama:
     _route_logs_to_python()
-    _check_gguf_file(path)
+    read_header(path)  # a bad file gets a clear error here, before llama.cpp sees it
     try:
         return llama_cpp.Llama(model_path=str(path), verbose=False, **params)
     except ValueError as exc:
@@ -198,19 +198,6 @@ def _load(path: Path, **params: Any) -> llama_cpp.Llama:
             hint="The file may be damaged or use an architecture this version of Cleo does not run; "
                  "details are in the log file.",
         ) from exc
-
-
-def _check_gguf_file(path: Path) -> None:
-    if not path.is_file():
-        raise ModelMissing(
-            f"The model file {path} does not exist.",
-            hint="Run `python -m training.defaults` (or `make run`) to build the default models, "
-                 "or choose another model.",
-        )
-    with path.open("rb") as f:
-        magic = f.read(4)
-    if magic != _GGUF_MAGIC:
-        raise ModelFileInvalid(f"{path} is not a GGUF model file.", hint="Choose a .gguf file.")
 
 
 _log_callback: Any = None

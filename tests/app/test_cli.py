@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -48,4 +50,25 @@ def test_bad_setting_in_the_environment_is_explained(cleo_home: Path) -> None:
     result = _cleo("chat", "--once", "hi", home=cleo_home, CLEO_CONTEXT_SIZE="lots")
     assert result.returncode == 2
     assert "CLEO_CONTEXT_SIZE" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_models_list_shows_the_default_moe_without_loading_it(default_models: DefaultModels, cleo_home: Path) -> None:
+    default_models.copy_home_to(cleo_home)
+    shutil.rmtree(cleo_home / "logs", ignore_errors=True)
+    result = _cleo("models", "list", "--json", home=cleo_home)
+    assert result.returncode == 0, result.stderr
+    listed = {m["path"].rsplit("/", 1)[-1]: m for m in json.loads(result.stdout)["models"]}
+    moe = listed["cleo-moe-4x135m-q4_1.gguf"]
+    assert (moe["is_moe"], moe["experts"], moe["experts_used"]) == (True, 4, 2)
+    assert listed["all-minilm-l6-v2-f16.gguf"]["is_embedding_model"]
+    assert "llama" not in (cleo_home / "logs" / "cleo.log").read_text()  # llama.cpp never ran
+
+
+def test_models_info_on_a_non_model_explains_the_problem(tmp_path: Path, cleo_home: Path) -> None:
+    notes = tmp_path / "notes.gguf"
+    notes.write_text("shopping list")
+    result = _cleo("models", "info", str(notes), home=cleo_home)
+    assert result.returncode == 2
+    assert str(notes) in result.stderr and "not a GGUF model" in result.stderr
     assert "Traceback" not in result.stderr

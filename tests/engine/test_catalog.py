@@ -1,0 +1,134 @@
+"""The model catalog reads GGUF headers without loading weights, and refuses bad files clearly."""
+
+from __future__ import annotations
+
+import random
+import struct
+from pathlib import Path
+
+import numpy as np
+import pytest
+from gguf import GGUFReader, GGUFWriter
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from engine.catalog import ModelCatalog, read_model_info
+from engine.errors import KnownError
+from tests.conftest import DefaultModels
+
+
+def test_default_model_is_reported_as_moe_without_loading_it(default_models: DefaultModels) -> None:
+    info = read_model_info(default_models.chat)
+    assert (info.architecture, info.experts, info.experts_used) == ("llama", 4, 2)
+    assert info.is_moe and info.has_chat_template and not info.is_embedding_model
+    assert info.name.startswith("Cleo MoE 4x135M")
+    assert info.quantization == "Q4_1"
+    assert info.context_length == 8192 and info.layers == 30 and info.vocabulary_size == 49152
+    reader = GGUFReader(default_models.chat)
+    assert info.parameters == sum(int(t.n_elements) for t in reader.tensors)
+    assert info.file_size == default_models.chat.stat().st_size
+
+
+def test_embedder_is_recognised_as_an_embedding_model(default_models: DefaultModels) -> None:
+    info = read_model_info(default_models.embedder)
+    assert info.is_embedding_model and not info.is_moe and info.embedding_length == 384
+
+
+def test_catalog_lists_models_and_names_unusable_files(default_models: DefaultModels, tmp_path: Path) -> None:
+    other_app = tmp_path / "lm-studio" / "models" / "someone"
+    other_app.mkdir(parents=True)
+    (other_app / "notes.gguf").write_text("not a model")
+    (other_app / "embedder.gguf").write_bytes(default_models.embedder.read_bytes())
+    default_models.copy_home_to(tmp_path / "cleo-home")
+    models, unusable = ModelCatalog([tmp_path / "lm-studio"]).scan()
+    assert {m.path.name for m in models} == {"cleo-moe-4x135m-q4_1.gguf", "all-minilm-l6-v2-f16.gguf", "embedder.gguf"}
+    assert [u.path.name for u in unusable] == ["notes.gguf"]
+    assert "not a GGUF model" in unusable[0].problem
+
+
+# --- bad files -------------------------------------------------------------------------------
+
+def _tiny_gguf(path: Path, arch: str = "llama", tensors: bool = True) -> Path:
+    writer = GGUFWriter(path, arch=arch)
+    writer.add_name("tiny")
+    writer.add_context_length(64)
+    writer.add_token_list([f"t{i}" for i in range(100)])
+    if tensors:
+        writer.add_tensor("token_embd.weight", np.ones((100, 32), dtype=np.float32))
+        writer.add_tensor("output_norm.weight", np.ones(32, dtype=np.float32))
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    return path
+
+
+def _patched(source: bytes, offset: int, fmt: str, value: int) -> bytes:
+    data = bytearray(source)
+    struct.pack_into(fmt, data, offset, value)
+    return bytes(data)
+
+
+def _bad_files(tmp: Path) -> list[tuple[str, Path, str]]:
+    """(case, path, words the error must contain) for every kind of bad file we know of."""
+    good = _tiny_gguf(tmp / "good.gguf").read_bytes()
+    tensor_name = good.index(b"token_embd.weight")
+    n_dims_at = tensor_name + len(b"token_embd.weight")
+    type_at = n_dims_at + 4 + 2 * 8
+    rng = random.Random(1234)
+    cases: list[tuple[str, bytes | None, str]] = [
+        ("zero bytes", b"", "empty"),
+        ("text file", b"# My model notes\nThis is not a model.\n" * 20, "not a GGUF"),
+        ("wrong magic", b"GGML" + good[4:], "not a GGUF"),
+        ("version 1", _patched(good, 4, "<I", 1), "version 1"),
+        ("version 99", _patched(good, 4, "<I", 99), "version 99"),
+        ("absurd tensor count", _patched(good, 8, "<Q", 2**62), "more than the file can hold"),
+        ("absurd metadata count", _patched(good, 16, "<Q", 2**40), "more than the file can hold"),
+        ("absurd key length", _patched(good, 24, "<Q", 2**60), "truncated"),
+        ("too many dimensions", _patched(good, n_dims_at, "<I", 9), "dimensions"),
+        ("zero dimensions", _patched(good, n_dims_at, "<I", 0), "dimensions"),
+        ("unknown tensor type", _patched(good, type_at, "<I", 999), "unknown data type"),
+        ("absurd tensor size", _patched(good, n_dims_at + 4, "<Q", 2**50), "cut off"),
+        ("truncated tensor data", good[:-200], "cut off"),
+        ("tensor data missing", good[: tensor_name + 200], "cut off"),
+    ]
+    cases += [(f"header cut at {n}", good[:n], "truncated") for n in (6, 12, 20, 30, 60, n_dims_at + 2)]
+    cases += [(f"random bytes {i}", bytes(rng.randrange(256) for _ in range(rng.randrange(1, 4096))), "not a GGUF")
+              for i in range(8)]
+    cases += [(f"random after magic {i}", b"GGUF" + struct.pack("<I", 3)
+               + bytes(rng.randrange(256) for _ in range(rng.randrange(16, 2048))), "not a usable model")
+              for i in range(4)]
+    files = []
+    for case, content, words in cases:
+        path = tmp / f"{case.replace(' ', '-')}.gguf"
+        path.write_bytes(content or b"")
+        files.append((case, path, words))
+    files.append(("unknown architecture", _tiny_gguf(tmp / "frob.gguf", arch="frobnicator"), "'frobnicator'"))
+    files.append(("vocab only", _tiny_gguf(tmp / "vocab.gguf", tensors=False), "only a vocabulary"))
+    folder = tmp / "a-folder.gguf"
+    folder.mkdir()
+    files.append(("a directory", folder, "is a folder"))
+    files.append(("nonexistent", tmp / "missing.gguf", "does not exist"))
+    return files
+
+
+def test_every_kind_of_bad_file_gets_a_clear_known_error(tmp_path: Path) -> None:
+    files = _bad_files(tmp_path)
+    assert len(files) >= 30
+    for case, path, words in files:
+        with pytest.raises(KnownError) as caught:
+            read_model_info(path)
+        assert str(path) in caught.value.message, case
+        assert words in caught.value.message, f"{case}: {caught.value.message}"
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(position=st.integers(min_value=0, max_value=400), value=st.integers(0, 255))
+def test_a_corrupted_byte_never_escapes_as_a_bug(tmp_path: Path, position: int, value: int) -> None:
+    path = tmp_path / "mutant.gguf"
+    good = _tiny_gguf(tmp_path / "source.gguf").read_bytes()
+    path.write_bytes(good[:position] + bytes([value]) + good[position + 1:])
+    try:
+        read_model_info(path)  # parsing is allowed when the byte was in an unimportant place
+    except KnownError as exc:
+        assert str(path) in exc.message
