@@ -22,7 +22,9 @@ import llama_cpp
 import numpy as np
 from llama_cpp import llama_chat_format
 
+from engine.catalog import read_model_info
 from engine.errors import ModelFileInvalid
+from engine.fit import check_fits
 from engine.gguf_header import read_header
 
 log = logging.getLogger("llama.cpp")
@@ -85,6 +87,8 @@ class ChatModel:
         gpu_layers: int = 0,
     ) -> None:
         self.path = path
+        self.info = read_model_info(path)  # validates the header before llama.cpp sees the file
+        check_fits(self.info, context_size)
         self._llm = _load(path, n_ctx=context_size, n_threads=threads or default_threads(),
                           n_gpu_layers=gpu_layers)
 
@@ -168,6 +172,7 @@ class Embedder:
 
     def __init__(self, path: Path, *, threads: int = 1) -> None:
         self.path = path
+        read_header(path)  # a bad file gets a clear error here, before llama.cpp sees it
         self._llm = _load(path, n_ctx=512, n_threads=threads, embedding=True)
         self.dimension = int(self._llm.n_embd())
 
@@ -189,7 +194,6 @@ class Embedder:
 
 def _load(path: Path, **params: Any) -> llama_cpp.Llama:
     _route_logs_to_python()
-    read_header(path)  # a bad file gets a clear error here, before llama.cpp sees it
     try:
         return llama_cpp.Llama(model_path=str(path), verbose=False, **params)
     except ValueError as exc:

@@ -1,0 +1,61 @@
+"""Models too large for this machine are refused before loading, with the numbers."""
+
+from __future__ import annotations
+
+import struct
+from pathlib import Path
+
+import numpy as np
+import pytest
+from gguf import GGUFWriter
+
+from engine.catalog import read_model_info
+from engine.fit import ModelTooLarge, available_memory, check_fits, estimate_need
+from engine.llama_backend import ChatModel
+from tests.conftest import DefaultModels
+
+
+def _sparse_giant(path: Path) -> Path:
+    """A valid GGUF header promising a 1 TiB tensor; the file is sparse, so it costs no disk."""
+    writer = GGUFWriter(path, arch="llama")
+    writer.add_name("giant")
+    writer.add_block_count(1)
+    writer.add_tensor("token_embd.weight", np.ones((100, 32), dtype=np.float32))
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    data = bytearray(path.read_bytes())
+    name_end = data.index(b"token_embd.weight") + len(b"token_embd.weight")
+    struct.pack_into("<Q", data, name_end + 4 + 8, 2**33)  # rows: 2^33 x 32 floats = 1 TiB
+    path.write_bytes(bytes(data))
+    with path.open("r+b") as f:
+        f.truncate(len(data) + 2**40)
+    return path
+
+
+def test_kv_cache_estimate_follows_the_model_shape(default_models: DefaultModels) -> None:
+    info = read_model_info(default_models.chat)
+    need = estimate_need(info, 4096)
+    # 30 layers x 4096 tokens x 3 KV heads x 64 dims x (K and V) x 2 bytes = 90 MiB
+    assert need.kv_cache == 30 * 4096 * 3 * 64 * 2 * 2
+    assert need.weights == info.file_size
+    assert estimate_need(info, 8192).kv_cache == 2 * need.kv_cache
+
+
+def test_too_little_memory_is_refused_with_both_numbers(default_models: DefaultModels) -> None:
+    info = read_model_info(default_models.chat)
+    with pytest.raises(ModelTooLarge) as caught:
+        check_fits(info, 4096, available=100 * 1024**2)
+    assert "0.1 GB is free" in caught.value.message
+    assert "needs about 0.6 GB" in caught.value.message
+    assert check_fits(info, 4096, available=8 * 1024**3).total < 8 * 1024**3
+
+
+def test_giant_model_is_refused_before_loading(tmp_path: Path) -> None:
+    giant = _sparse_giant(tmp_path / "giant.gguf")
+    free = available_memory()
+    assert free is not None and free < 2**40
+    with pytest.raises(ModelTooLarge) as caught:
+        ChatModel(giant, context_size=512, threads=1)
+    assert "giant.gguf needs about 1024.3 GB" in caught.value.message
