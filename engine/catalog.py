@@ -130,9 +130,10 @@ class ModelCatalog:
         seen: set[Path] = set()
         for folder in self.folders:
             for path in sorted(folder.rglob("*.gguf")) if folder.is_dir() else []:
-                if path.resolve() in seen:
+                real = path.resolve()
+                if real in seen:
                     continue
-                seen.add(path.resolve())
+                seen.add(real)
                 try:
                     models.append(read_model_info(path))
                 except KnownError as exc:

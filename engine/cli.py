@@ -59,8 +59,9 @@ def main(argv: list[str]) -> int:
 
 
 def run_chat(settings: Settings, *, model_path: Path | None, once: str | None) -> int:
-    path = model_path or (Path(settings.chat_model) if settings.chat_model else default_chat_model())
-    if path == default_chat_model() and not path.exists():
+    default = default_chat_model()
+    path = model_path or (Path(settings.chat_model) if settings.chat_model else default)
+    if path == default and not path.exists():
         raise ModelMissing(f"Cleo's default model {path} does not exist.",
                            hint="Build it with `python -m training.defaults` (or `make run`), or choose a model "
                                 "with --model PATH.")

@@ -67,8 +67,7 @@ class _Cursor:
         return self.size - self.f.tell()
 
     def read(self, n: int, what: str) -> bytes:
-        if n > self.remaining:
-            raise self.invalid(f"the file ends inside its header (while reading {what}); it may be truncated")
+        self._require(n, what)
         return self.f.read(n)
 
     def scalar(self, fmt: str, what: str) -> Any:
@@ -79,9 +78,12 @@ class _Cursor:
         return self.read(length, what).decode("utf-8", errors="replace")
 
     def skip(self, n: int, what: str) -> None:
+        self._require(n, what)
+        self.f.seek(n, 1)
+
+    def _require(self, n: int, what: str) -> None:
         if n > self.remaining:
             raise self.invalid(f"the file ends inside its header (while reading {what}); it may be truncated")
-        self.f.seek(n, 1)
 
     def invalid(self, problem: str) -> ModelFileInvalid:
         return ModelFileInvalid(f"{self.path} is not a usable model file: {problem}.",

@@ -54,6 +54,25 @@ def default_models(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Default
     yield DefaultModels(home, models / DEFAULT_CHAT_MODEL_FILE, models / DEFAULT_EMBEDDING_MODEL_FILE, base)
 
 
+def write_tiny_gguf(path: Path, arch: str = "llama", tensors: bool = True) -> Path:
+    """A small valid GGUF (name, context, 100-token vocabulary, two F32 tensors) to break or stretch."""
+    import numpy as np
+    from gguf import GGUFWriter
+
+    writer = GGUFWriter(path, arch=arch)
+    writer.add_name("tiny")
+    writer.add_context_length(64)
+    writer.add_token_list([f"t{i}" for i in range(100)])
+    if tensors:
+        writer.add_tensor("token_embd.weight", np.ones((100, 32), dtype=np.float32))
+        writer.add_tensor("output_norm.weight", np.ones(32, dtype=np.float32))
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    return path
+
+
 @pytest.fixture(scope="session")
 def moe_model(default_models: DefaultModels) -> Iterator[object]:
     from engine.llama_backend import ChatModel

@@ -6,15 +6,14 @@ import random
 import struct
 from pathlib import Path
 
-import numpy as np
 import pytest
-from gguf import GGUFReader, GGUFWriter
+from gguf import GGUFReader
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from engine.catalog import ModelCatalog, read_model_info
 from engine.errors import KnownError
-from tests.conftest import DefaultModels
+from tests.conftest import DefaultModels, write_tiny_gguf
 
 
 def test_default_model_is_reported_as_moe_without_loading_it(default_models: DefaultModels) -> None:
@@ -48,21 +47,6 @@ def test_catalog_lists_models_and_names_unusable_files(default_models: DefaultMo
 
 # --- bad files -------------------------------------------------------------------------------
 
-def _tiny_gguf(path: Path, arch: str = "llama", tensors: bool = True) -> Path:
-    writer = GGUFWriter(path, arch=arch)
-    writer.add_name("tiny")
-    writer.add_context_length(64)
-    writer.add_token_list([f"t{i}" for i in range(100)])
-    if tensors:
-        writer.add_tensor("token_embd.weight", np.ones((100, 32), dtype=np.float32))
-        writer.add_tensor("output_norm.weight", np.ones(32, dtype=np.float32))
-    writer.write_header_to_file()
-    writer.write_kv_data_to_file()
-    writer.write_tensors_to_file()
-    writer.close()
-    return path
-
-
 def _patched(source: bytes, offset: int, fmt: str, value: int) -> bytes:
     data = bytearray(source)
     struct.pack_into(fmt, data, offset, value)
@@ -71,7 +55,7 @@ def _patched(source: bytes, offset: int, fmt: str, value: int) -> bytes:
 
 def _bad_files(tmp: Path) -> list[tuple[str, Path, str]]:
     """(case, path, words the error must contain) for every kind of bad file we know of."""
-    good = _tiny_gguf(tmp / "good.gguf").read_bytes()
+    good = write_tiny_gguf(tmp / "good.gguf").read_bytes()
     tensor_name = good.index(b"token_embd.weight")
     n_dims_at = tensor_name + len(b"token_embd.weight")
     type_at = n_dims_at + 4 + 2 * 8
@@ -103,8 +87,8 @@ def _bad_files(tmp: Path) -> list[tuple[str, Path, str]]:
         path = tmp / f"{case.replace(' ', '-')}.gguf"
         path.write_bytes(content or b"")
         files.append((case, path, words))
-    files.append(("unknown architecture", _tiny_gguf(tmp / "frob.gguf", arch="frobnicator"), "'frobnicator'"))
-    files.append(("vocab only", _tiny_gguf(tmp / "vocab.gguf", tensors=False), "only a vocabulary"))
+    files.append(("unknown architecture", write_tiny_gguf(tmp / "frob.gguf", arch="frobnicator"), "'frobnicator'"))
+    files.append(("vocab only", write_tiny_gguf(tmp / "vocab.gguf", tensors=False), "only a vocabulary"))
     folder = tmp / "a-folder.gguf"
     folder.mkdir()
     files.append(("a directory", folder, "is a folder"))
@@ -126,7 +110,7 @@ def test_every_kind_of_bad_file_gets_a_clear_known_error(tmp_path: Path) -> None
 @given(position=st.integers(min_value=0, max_value=400), value=st.integers(0, 255))
 def test_a_corrupted_byte_never_escapes_as_a_bug(tmp_path: Path, position: int, value: int) -> None:
     path = tmp_path / "mutant.gguf"
-    good = _tiny_gguf(tmp_path / "source.gguf").read_bytes()
+    good = write_tiny_gguf(tmp_path / "source.gguf").read_bytes()
     path.write_bytes(good[:position] + bytes([value]) + good[position + 1:])
     try:
         read_model_info(path)  # parsing is allowed when the byte was in an unimportant place

@@ -5,26 +5,17 @@ from __future__ import annotations
 import struct
 from pathlib import Path
 
-import numpy as np
 import pytest
-from gguf import GGUFWriter
 
 from engine.catalog import read_model_info
 from engine.fit import ModelTooLarge, available_memory, check_fits, estimate_need
 from engine.llama_backend import ChatModel
-from tests.conftest import DefaultModels
+from tests.conftest import DefaultModels, write_tiny_gguf
 
 
 def _sparse_giant(path: Path) -> Path:
     """A valid GGUF header promising a 1 TiB tensor; the file is sparse, so it costs no disk."""
-    writer = GGUFWriter(path, arch="llama")
-    writer.add_name("giant")
-    writer.add_block_count(1)
-    writer.add_tensor("token_embd.weight", np.ones((100, 32), dtype=np.float32))
-    writer.write_header_to_file()
-    writer.write_kv_data_to_file()
-    writer.write_tensors_to_file()
-    writer.close()
+    write_tiny_gguf(path)
     data = bytearray(path.read_bytes())
     name_end = data.index(b"token_embd.weight") + len(b"token_embd.weight")
     struct.pack_into("<Q", data, name_end + 4 + 8, 2**33)  # rows: 2^33 x 32 floats = 1 TiB
