@@ -24,7 +24,8 @@ models: $(VENV)/.installed-base
 	$(BIN)/python -m training.defaults
 
 bench: $(VENV)/.installed-dev
-	@for script in bench/*.py; do $(BIN)/python $$script || exit 1; done
+	@for name in $$(ls bench/*.py | xargs -n1 basename | sed 's/\.py$$//' | grep -v '^__init__$$'); do \
+		$(BIN)/python -m bench.$$name || exit 1; done
 
 # llama.cpp compiles during the first install (10-25 min; pip caches the wheel).
 # GGML_NATIVE=OFF keeps the build portable to other CPUs.

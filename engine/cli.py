@@ -1,21 +1,26 @@
 """Cleo's terminal commands (`cleo chat`, ...), usable without Qt.
 
-`cleo chat` talks to the chat model in the terminal; `cleo chat --once "..."` answers one
-message and exits, which is what scripts and the setup check use. Known errors are printed
+`cleo chat` talks to the chat model in the terminal (Ctrl+C stops a reply, not the program);
+`cleo chat --once "..." [--json]` answers one message and exits, which is what scripts use. Known errors are printed
 as one plain message; anything else is logged with its traceback and summarised.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import logging
+import signal
 import sys
-import threading
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from engine import model_commands
+from engine.assistant import Assistant
 from engine.errors import KnownError, ModelMissing
-from engine.llama_backend import ChatModel, Sampling, default_threads
+from engine.events import Done, Event, Failed, Notice, Token, Usage
+from engine.llama_backend import ChatModel
 from engine.logs import setup_logging
 from engine.paths import default_chat_model, folders
 from engine.settings import Settings, load_settings
@@ -33,6 +38,7 @@ def main(argv: list[str]) -> int:
     chat = commands.add_parser("chat", help="chat with Cleo in the terminal")
     chat.add_argument("--once", metavar="MESSAGE", help="answer MESSAGE, print the reply and exit")
     chat.add_argument("--model", type=Path, help="a GGUF chat model (default: Cleo's default model)")
+    chat.add_argument("--json", action="store_true", help="with --once: print the reply, usage and notices as JSON")
     models = commands.add_parser("models", help="list models or describe one (without loading it)")
     models_commands = models.add_subparsers(dest="models_command", required=True, metavar="ACTION")
     listing = models_commands.add_parser("list", help="the models Cleo can use, and unusable .gguf files")
@@ -48,7 +54,7 @@ def main(argv: list[str]) -> int:
             print(f"warning: {warning}", file=sys.stderr)
         if args.command == "models":
             return model_commands.run(args.models_command, path=getattr(args, "path", None), as_json=args.json)
-        return run_chat(settings, model_path=args.model, once=args.once)
+        return run_chat(settings, model_path=args.model, once=args.once, as_json=args.json)
     except KnownError as exc:
         print(f"cleo: {exc.user_text()}", file=sys.stderr)
         return EXIT_KNOWN_ERROR
@@ -58,25 +64,25 @@ def main(argv: list[str]) -> int:
         return EXIT_BUG
 
 
-def run_chat(settings: Settings, *, model_path: Path | None, once: str | None) -> int:
+def run_chat(settings: Settings, *, model_path: Path | None, once: str | None, as_json: bool) -> int:
     default = default_chat_model()
     path = model_path or (Path(settings.chat_model) if settings.chat_model else default)
     if path == default and not path.exists():
         raise ModelMissing(f"Cleo's default model {path} does not exist.",
                            hint="Build it with `python -m training.defaults` (or `make run`), or choose a model "
                                 "with --model PATH.")
-    model = ChatModel(path, context_size=settings.context_size, threads=settings.threads or default_threads())
-    sampling = Sampling(
-        temperature=settings.temperature, top_p=settings.top_p, top_k=settings.top_k,
-        min_p=settings.min_p, repeat_penalty=settings.repeat_penalty,
-        max_tokens=settings.max_tokens, seed=settings.seed,
-    )
-    conversation = [{"role": "system", "content": settings.system_prompt}]
+    model = ChatModel(path, context_size=settings.context_size, threads=settings.threads or None,
+                      gpu_layers=settings.gpu_layers)
+    assistant = Assistant(model, settings)
+    conversation = assistant.new_conversation()
     if once is not None:
-        _reply(model, conversation, once, sampling)
+        reply = _reply(assistant, assistant.turn(conversation, once), live=not as_json)
+        if as_json:
+            print(json.dumps(reply.as_json(model), ensure_ascii=False))
+        if reply.error is not None:
+            raise reply.error
         return 0
-    print(f"Chatting with {model.metadata.get('general.name', path.name)}. Ctrl+C stops a reply; "
-          "Ctrl+D or /quit leaves.")
+    print(f"Chatting with {model.name} on the {model.device}. Ctrl+C stops a reply; Ctrl+D or /quit leaves.")
     while True:
         try:
             text = input("\nyou> ").strip()
@@ -86,28 +92,52 @@ def run_chat(settings: Settings, *, model_path: Path | None, once: str | None) -
         if text == "/quit":
             return 0
         if text:
-            _reply(model, conversation, text, sampling)
+            reply = _reply(assistant, assistant.turn(conversation, text), live=True)
+            if reply.error is not None:
+                print(f"cleo: {reply.error.user_text()}", file=sys.stderr)
 
 
-def _reply(model: ChatModel, conversation: list[dict[str, str]], text: str, sampling: Sampling) -> None:
-    conversation.append({"role": "user", "content": text})
-    stop = threading.Event()
+@dataclass
+class _Reply:
+    text: str = ""
+    finish_reason: str = ""
+    usage: Usage | None = None
+    notices: list[Notice] = field(default_factory=list)
+    error: KnownError | None = None
+
+    def as_json(self, model: ChatModel) -> dict[str, object]:
+        return {
+            "reply": self.text, "finish_reason": self.finish_reason, "model": model.name, "device": model.device,
+            "usage": asdict(self.usage) if self.usage else None,
+            "notices": [asdict(n) for n in self.notices],
+            "error": self.error.user_text() if self.error else None,
+        }
+
+
+def _reply(assistant: Assistant, events: Iterator[Event], *, live: bool) -> _Reply:
+    """Consume one turn's events; Ctrl+C meanwhile stops the reply instead of the program."""
+    reply = _Reply()
     parts: list[str] = []
+    previous = signal.signal(signal.SIGINT, lambda _signal, _frame: assistant.stop())
     try:
-        for piece in model.stream_chat(_fitting(model, conversation, sampling), sampling, stop):
-            parts.append(piece)
-            print(piece, end="", flush=True)
-    except KeyboardInterrupt:
-        stop.set()
-        print(" [stopped]", end="")
-    print()
-    conversation.append({"role": "assistant", "content": "".join(parts)})
-
-
-def _fitting(model: ChatModel, conversation: list[dict[str, str]], sampling: Sampling) -> list[dict[str, str]]:
-    """The system prompt and as many of the newest turns as leave room for a full reply."""
-    budget = model.context_size - sampling.max_tokens
-    system, turns = conversation[0], conversation[1:]
-    while len(turns) > 1 and model.count_chat_tokens([system, *turns]) > budget:
-        turns = turns[1:]
-    return [system, *turns]
+        for event in events:
+            if isinstance(event, Token):
+                parts.append(event.text)
+                if live:
+                    print(event.text, end="", flush=True)
+            elif isinstance(event, Notice):
+                reply.notices.append(event)
+                if live:
+                    print(f"[{event.text}]", file=sys.stderr)
+            elif isinstance(event, Usage):
+                reply.usage = event
+            elif isinstance(event, Done):
+                reply.finish_reason = event.finish_reason
+            elif isinstance(event, Failed):
+                reply.error = event.error
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    if live:
+        print(" [stopped]" if reply.finish_reason == "stopped" else "")
+    reply.text = "".join(parts)
+    return reply

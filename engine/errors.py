@@ -40,3 +40,15 @@ class ModelFileInvalid(KnownError):
 
 class DownloadFailed(KnownError):
     """A package that carries model weights could not be fetched from the package index."""
+
+
+class ChatTemplateInvalid(KnownError):
+    """A model's chat template does not compile, fails on a conversation, or is unsafe."""
+
+
+class ContextFull(KnownError):
+    """A prompt does not fit the model's context."""
+
+
+class GenerationFailed(KnownError):
+    """llama.cpp could not compute a reply."""

@@ -10,6 +10,7 @@ from __future__ import annotations
 import ctypes
 import os
 import sys
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -73,6 +74,60 @@ def check_fits(info: ModelInfo, context_size: int, available: int | None = None)
             hint="Close other programs, choose a smaller model or quantization, or lower the context size.",
         )
     return need
+
+
+@dataclass(frozen=True)
+class Gpu:
+    """A GPU llama.cpp can use, as it reports it."""
+
+    name: str
+    free: int  # bytes
+    total: int
+
+
+@dataclass(frozen=True)
+class GpuPlan:
+    """How many layers go to the GPU, where the model runs (in the user's words), and what to tell them."""
+
+    layers: int
+    device: str
+    notice: str = ""  # non-empty when the user expected a GPU and gets (partly) the CPU
+
+
+def plan_gpu_layers(info: ModelInfo, context_size: int, requested: int, gpus: Sequence[Gpu]) -> GpuPlan:
+    """Layers to offload: all when the GPU has room, else as many as fit, else none.
+
+    `requested` is the setting: -1 chooses, 0 means the CPU, N asks for N layers.
+    """
+    if requested == 0:
+        return GpuPlan(0, "CPU")
+    if not gpus:
+        if requested > 0:
+            return GpuPlan(0, "CPU", f"GPU layers is set to {requested}, but this build of Cleo found no GPU it "
+                                     "can use; the model runs on the CPU.")
+        return GpuPlan(0, "CPU")
+    gpu = max(gpus, key=lambda g: g.free)
+    offloadable = info.layers + 1  # the repeating blocks and the output layer
+    if requested > 0:
+        layers = min(requested, offloadable)
+        return GpuPlan(layers, _where(gpu, layers, offloadable))
+    need = estimate_need(info, context_size)
+    if need.total <= gpu.free:
+        return GpuPlan(offloadable, _where(gpu, offloadable, offloadable))
+    per_layer = (need.weights + need.kv_cache) / offloadable
+    layers = max(0, min(offloadable - 1, int((gpu.free - need.overhead) // per_layer)))
+    notice = (f"{info.path.name} needs about {_gb(need.total)} and {gpu.name} has {_gb(gpu.free)} free, so "
+              + (f"{layers} of {offloadable} layers run on the GPU and the rest on the CPU, which is slower."
+                 if layers else "it runs on the CPU, which is slower."))
+    return GpuPlan(layers, _where(gpu, layers, offloadable), notice)
+
+
+def _where(gpu: Gpu, layers: int, offloadable: int) -> str:
+    if layers == 0:
+        return "CPU"
+    if layers >= offloadable:
+        return f"GPU ({gpu.name})"
+    return f"GPU ({gpu.name}, {layers}/{offloadable} layers) + CPU"
 
 
 def _gb(n: int) -> str:

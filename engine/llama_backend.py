@@ -8,24 +8,28 @@ Python logging (logger `llama.cpp`), never to the user's terminal.
 
 from __future__ import annotations
 
+import codecs
 import ctypes
 import logging
 import os
 import sys
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
+import jinja2
 import llama_cpp
 import numpy as np
-from llama_cpp import llama_chat_format
+from jinja2.sandbox import ImmutableSandboxedEnvironment
+from llama_cpp import _ggml, llama_chat_format
 
 from engine.catalog import read_model_info
-from engine.errors import ModelFileInvalid
-from engine.fit import check_fits
+from engine.errors import ChatTemplateInvalid, ContextFull, GenerationFailed, ModelFileInvalid
+from engine.fit import Gpu, check_fits, plan_gpu_layers
 from engine.gguf_header import read_header
+from engine.kv_cache import KvSnapshot, common_prefix
 
 log = logging.getLogger("llama.cpp")
 
@@ -49,6 +53,16 @@ class Sampling:
     repeat_penalty: float = 1.1
     max_tokens: int = 1024
     seed: int = -1
+
+
+@dataclass
+class ReplyStats:
+    """What one reply cost, filled in while it streams."""
+
+    prompt_tokens: int = 0
+    cached_tokens: int = 0  # of the prompt, reused from the cache instead of computed
+    completion_tokens: int = 0
+    finish_reason: str = ""  # "stop" (the model ended), "length" (token limit), "stopped" (the user)
 
 
 def physical_cores() -> int:
@@ -76,7 +90,12 @@ def default_threads() -> int:
 
 
 class ChatModel:
-    """A chat model loaded for generation."""
+    """A chat model loaded for generation, with the conversation's context kept between replies.
+
+    llama.cpp's KV cache holds the tokens of the last prompt and reply (`cached_tokens`). A new
+    prompt that starts with the same tokens only computes what is new (DESIGN.md decision 3), and
+    `snapshot`/`restore` move one conversation's cache aside and back.
+    """
 
     def __init__(
         self,
@@ -84,56 +103,109 @@ class ChatModel:
         *,
         context_size: int = 4096,
         threads: int | None = None,
-        gpu_layers: int = 0,
+        gpu_layers: int = -1,
+        gpus_found: Sequence[Gpu] | None = None,
+        loader: Callable[..., llama_cpp.Llama] | None = None,
     ) -> None:
+        load = loader or _load
         self.path = path
         self.info = read_model_info(path)  # validates the header before llama.cpp sees the file
-        check_fits(self.info, context_size)
-        self._llm = _load(path, n_ctx=context_size, n_threads=threads or default_threads(),
-                          n_gpu_layers=gpu_layers)
+        self._template = _compile_template(self.info.chat_template or _CHATML, path)
+        # Render a small conversation now, so a template that fails does so before llama.cpp loads
+        # the file rather than in the middle of a chat.
+        _render_template(self._template, path, _SAMPLE_CHAT, bos="", eos="")
+        plan = plan_gpu_layers(self.info, context_size, gpu_layers, gpus() if gpus_found is None else gpus_found)
+        self.notices = [plan.notice] if plan.notice else []  # what the user must hear about this load
+        self.device = plan.device
+        if plan.layers == 0:
+            check_fits(self.info, context_size)
+        # Generation leaves a core for the GUI; reading a prompt is short and uses every core.
+        # A thread count the user (or a test) sets applies to both.
+        params = {"n_ctx": context_size, "n_threads": threads or default_threads(),
+                  "n_threads_batch": threads or physical_cores()}
+        try:
+            self._llm = load(path, n_gpu_layers=plan.layers, **params)
+        except ModelFileInvalid as exc:
+            if plan.layers == 0:
+                raise
+            # A failed GPU load (driver, memory) is retried on the CPU, and the user is told why.
+            check_fits(self.info, context_size)
+            self._llm = load(path, n_gpu_layers=0, **params)
+            self.device = "CPU"
+            self.notices.append(f"{path.name} runs on the CPU, which is slower: loading it on the GPU failed. "
+                                f"{exc.message}")
+        self._ctx = self._llm.ctx
+        self._vocab = llama_cpp.llama_model_get_vocab(self._llm.model)
+        self._memory = llama_cpp.llama_get_memory(self._ctx)
+        self._n_vocab = int(self._llm.n_vocab())
+        self._cached: list[int] = []  # tokens whose keys and values are in the cache, from position 0
+        self._stop_prefill: threading.Event | None = None
+        self._abort = llama_cpp.ggml_abort_callback(self._should_abort)  # kept alive with the model
+        self._piece = ctypes.create_string_buffer(256)
+        self._bos_text = self._token_text(self._llm.token_bos())
+        self._eos_text = self._token_text(self._llm.token_eos())
 
     @property
     def context_size(self) -> int:
         return int(self._llm.n_ctx())
 
     @property
+    def name(self) -> str:
+        return self.info.name
+
+    @property
     def metadata(self) -> dict[str, str]:
         """The GGUF metadata as llama.cpp read it (values are strings)."""
         return dict(self._llm.metadata)
 
-    def tokenize(self, text: str) -> list[int]:
-        return list(self._llm.tokenize(text.encode("utf-8"), add_bos=True, special=True))
+    @property
+    def cached_tokens(self) -> tuple[int, ...]:
+        return tuple(self._cached)
+
+    def tokenize(self, text: str, *, add_start: bool = True) -> list[int]:
+        """Token ids of `text`, special tokens included, with the model's start token (if it uses
+        one) unless `text` already begins with it."""
+        add_start = add_start and not (self._bos_text and text.startswith(self._bos_text))
+        return list(self._llm.tokenize(text.encode("utf-8"), add_bos=add_start, special=True))
+
+    def detokenize(self, tokens: Sequence[int]) -> str:
+        return self._llm.detokenize(list(tokens)).decode("utf-8", "replace")
 
     def render_chat(self, messages: Sequence[dict[str, str]]) -> str:
         """`messages` as the prompt text the model's own chat template makes of them."""
-        template = self._llm.metadata.get("tokenizer.chat_template") or _CHATML
-        formatter = llama_chat_format.Jinja2ChatFormatter(
-            template=template,
-            eos_token=self._token_text(self._llm.token_eos()),
-            bos_token=self._token_text(self._llm.token_bos()),
-        )
-        return str(formatter(messages=list(messages)).prompt)  # type: ignore[arg-type]
+        try:
+            return self._render(messages)
+        except ChatTemplateInvalid:
+            if len(messages) < 2 or messages[0]["role"] != "system":
+                raise
+            # Some templates refuse a system role; fold the instructions into the first message.
+            first = {"role": messages[1]["role"], "content": f"{messages[0]['content']}\n\n{messages[1]['content']}"}
+            return self._render([first, *messages[2:]])
+
+    def _render(self, messages: Sequence[dict[str, str]]) -> str:
+        return _render_template(self._template, self.path, messages, bos=self._bos_text, eos=self._eos_text)
+
+    def chat_tokens(self, messages: Sequence[dict[str, str]]) -> list[int]:
+        """The exact tokens the model reads for `messages`, ending where its reply begins."""
+        return self.tokenize(self.render_chat(messages))
 
     def count_chat_tokens(self, messages: Sequence[dict[str, str]]) -> int:
-        return len(self.tokenize(self.render_chat(messages)))
+        return len(self.chat_tokens(messages))
 
     def _token_text(self, token: int) -> str:
         return "" if token < 0 else self._llm.detokenize([token], special=True).decode("utf-8", "replace")
 
     def next_token_logits(self, prompt: str) -> np.ndarray:
         """Logits over the vocabulary for the token after `prompt`, evaluated from scratch."""
-        self._llm.reset()
-        self._llm.eval(self.tokenize(prompt))
-        n_vocab = self._llm.n_vocab()
-        row = llama_cpp.llama_get_logits_ith(self._llm.ctx, -1)
-        return np.ctypeslib.as_array(row, shape=(n_vocab,)).copy()  # [n_vocab]
+        self.forget()
+        self._prefill(self.tokenize(prompt), None)
+        row = llama_cpp.llama_get_logits_ith(self._ctx, -1)
+        return np.ctypeslib.as_array(row, shape=(self._n_vocab,)).copy()  # [n_vocab]
 
     def greedy_continuation(self, prompt: str, max_tokens: int) -> str:
         """The most likely continuation of `prompt`, token by token (temperature 0)."""
-        self._llm.reset()
-        result = self._llm.create_completion(prompt, max_tokens=max_tokens, temperature=0.0, top_k=1, stream=False)
-        assert isinstance(result, dict)  # stream=False returns one response, not an iterator
-        return str(result["choices"][0]["text"])
+        sampling = Sampling(temperature=0.0, repeat_penalty=1.0, max_tokens=max_tokens)
+        return "".join(self.stream(self.tokenize(prompt), sampling))
 
     def stream_chat(
         self,
@@ -141,27 +213,130 @@ class ChatModel:
         sampling: Sampling,
         stop: threading.Event | None = None,
     ) -> Iterator[str]:
-        """Stream the assistant's reply to `messages` (rendered with the model's chat template).
+        """Stream the assistant's reply to `messages` (rendered with the model's chat template)."""
+        return self.stream(self.chat_tokens(messages), sampling, stop)
 
-        Setting `stop` ends the reply after the token being generated.
+    def stream(
+        self,
+        prompt: Sequence[int],
+        sampling: Sampling,
+        stop: threading.Event | None = None,
+        stats: ReplyStats | None = None,
+    ) -> Iterator[str]:
+        """Stream the text that follows `prompt`, reusing the cached tokens it starts with.
+
+        Setting `stop` ends the reply within one token, or aborts reading a long prompt. The
+        tokens read and generated stay cached, so the next prompt continues from them.
         """
-        chunks = self._llm.create_chat_completion(
-            messages=list(messages),  # type: ignore[arg-type]
-            stream=True,
-            temperature=sampling.temperature,
-            top_p=sampling.top_p,
-            top_k=sampling.top_k,
-            min_p=sampling.min_p,
-            repeat_penalty=sampling.repeat_penalty,
-            max_tokens=sampling.max_tokens,
-            seed=sampling.seed if sampling.seed >= 0 else None,
-        )
-        for chunk in chunks:
-            if stop is not None and stop.is_set():
-                break
-            text = chunk["choices"][0]["delta"].get("content")  # type: ignore[index,union-attr]
-            if text:
-                yield str(text)
+        stats = stats if stats is not None else ReplyStats()
+        if len(prompt) >= self.context_size:
+            raise ContextFull(f"The prompt has {len(prompt)} tokens; {self.path.name} reads at most "
+                              f"{self.context_size}.", hint="Start a new chat or raise the context size.")
+        stats.prompt_tokens = len(prompt)
+        stats.cached_tokens = self._prefill(prompt, stop)
+        if stats.cached_tokens < 0:
+            stats.cached_tokens, stats.finish_reason = 0, "stopped"
+            return
+        chain = _sampler_chain(sampling, self._n_vocab)
+        decoder = codecs.getincrementaldecoder("utf-8")("replace")
+        one = (llama_cpp.llama_token * 1)()
+        batch = llama_cpp.llama_batch_get_one(one, 1)
+        try:
+            while True:
+                if stop is not None and stop.is_set():
+                    stats.finish_reason = "stopped"
+                    break
+                if stats.completion_tokens >= sampling.max_tokens or len(self._cached) >= self.context_size:
+                    stats.finish_reason = "length"
+                    break
+                token = llama_cpp.llama_sampler_sample(chain, self._ctx, -1)
+                if llama_cpp.llama_vocab_is_eog(self._vocab, token):
+                    stats.finish_reason = "stop"
+                    break
+                stats.completion_tokens += 1
+                text = decoder.decode(self._token_bytes(token))
+                if text:
+                    yield text
+                one[0] = token
+                self._decode(batch, 1)
+                self._cached.append(token)
+            tail = decoder.decode(b"", final=True)
+            if tail:
+                yield tail
+        finally:
+            llama_cpp.llama_sampler_free(chain)
+
+    def _prefill(self, prompt: Sequence[int], stop: threading.Event | None) -> int:
+        """Put `prompt` in the cache; the number of tokens reused, or -1 when `stop` interrupted."""
+        keep = min(common_prefix(self._cached, prompt), len(prompt) - 1)  # the last token is read again for its logits
+        self._forget_from(keep)
+        self._stop_prefill = stop
+        if stop is not None:
+            llama_cpp.llama_set_abort_callback(self._ctx, self._abort, None)
+        try:
+            n_batch = self._llm.n_batch
+            for start in range(keep, len(prompt), n_batch):
+                chunk = list(prompt[start:start + n_batch])
+                tokens = (llama_cpp.llama_token * len(chunk))(*chunk)
+                if not self._decode(llama_cpp.llama_batch_get_one(tokens, len(chunk)), len(chunk)):
+                    return -1
+                self._cached.extend(chunk)
+        finally:
+            if stop is not None:  # checked per graph node, so only while reading a prompt
+                llama_cpp.llama_set_abort_callback(self._ctx, _NO_ABORT, None)
+            self._stop_prefill = None
+        return keep
+
+    def _decode(self, batch: Any, n_tokens: int) -> bool:
+        """Run llama.cpp on `batch`; False when it was aborted by a stop request."""
+        status = llama_cpp.llama_decode(self._ctx, batch)
+        if status == 0:
+            return True
+        self._forget_from(len(self._cached))  # a failed or aborted batch may leave part of itself behind
+        if status == 2:
+            return False
+        raise GenerationFailed(f"llama.cpp could not process {n_tokens} tokens with {self.path.name} "
+                               f"(status {status}).", hint="Details are in the log file; try a new chat.")
+
+    def _should_abort(self, _data: ctypes.c_void_p) -> bool:
+        return self._stop_prefill is not None and self._stop_prefill.is_set()
+
+    def _token_bytes(self, token: int) -> bytes:
+        n = llama_cpp.llama_token_to_piece(self._vocab, token, self._piece, len(self._piece), 0, False)
+        if n < 0:  # the piece is longer than the buffer
+            self._piece = ctypes.create_string_buffer(-n)
+            n = llama_cpp.llama_token_to_piece(self._vocab, token, self._piece, len(self._piece), 0, False)
+        return self._piece.raw[:n]
+
+    def _forget_from(self, position: int) -> None:
+        """Drop cached tokens (and anything a failed batch left behind) from `position` on."""
+        if not llama_cpp.llama_memory_seq_rm(self._memory, 0, position, -1):
+            llama_cpp.llama_memory_clear(self._memory, True)  # some caches only drop whole sequences
+            position = 0
+        del self._cached[position:]
+
+    def forget(self) -> None:
+        """Empty the cache, so the next prompt is read from its start."""
+        self._forget_from(0)
+
+    def snapshot(self) -> KvSnapshot:
+        """A copy of the cache (tokens and their keys and values) that `restore` puts back."""
+        size = llama_cpp.llama_state_seq_get_size(self._ctx, 0)
+        data = bytearray(size)
+        view = (ctypes.c_uint8 * size).from_buffer(data)
+        written = llama_cpp.llama_state_seq_get_data(self._ctx, view, size, 0)
+        del view  # release the export so the bytearray can be frozen
+        return KvSnapshot(tokens=tuple(self._cached), data=bytes(data[:written]))
+
+    def restore(self, snapshot: KvSnapshot) -> bool:
+        """Replace the cache with `snapshot`; False (and an empty cache) if llama.cpp refuses it."""
+        self.forget()
+        buffer = (ctypes.c_uint8 * len(snapshot.data)).from_buffer_copy(snapshot.data)
+        if llama_cpp.llama_state_seq_set_data(self._ctx, buffer, len(snapshot.data), 0) == 0:
+            self.forget()
+            return False
+        self._cached = list(snapshot.tokens)
+        return True
 
     def close(self) -> None:
         self._llm.close()
@@ -173,7 +348,7 @@ class Embedder:
     def __init__(self, path: Path, *, threads: int = 1) -> None:
         self.path = path
         read_header(path)  # a bad file gets a clear error here, before llama.cpp sees it
-        self._llm = _load(path, n_ctx=512, n_threads=threads, embedding=True)
+        self._llm = _load(path, n_ctx=512, n_threads=threads, n_threads_batch=threads, embedding=True)
         self.dimension = int(self._llm.n_embd())
 
     def tokenize(self, text: str) -> list[int]:
@@ -190,6 +365,112 @@ class Embedder:
 
     def close(self) -> None:
         self._llm.close()
+
+
+_NO_ABORT = llama_cpp.ggml_abort_callback()  # a null callback: nothing to check
+
+
+def gpus() -> list[Gpu]:
+    """The GPUs llama.cpp can offload to in this build, with their free memory now."""
+    lib = _ggml.libggml
+    lib.ggml_backend_dev_count.restype = ctypes.c_size_t
+    lib.ggml_backend_dev_get.argtypes = [ctypes.c_size_t]
+    lib.ggml_backend_dev_get.restype = ctypes.c_void_p
+    lib.ggml_backend_dev_type.argtypes = [ctypes.c_void_p]
+    lib.ggml_backend_dev_type.restype = ctypes.c_int
+    lib.ggml_backend_dev_description.argtypes = [ctypes.c_void_p]
+    lib.ggml_backend_dev_description.restype = ctypes.c_char_p
+    lib.ggml_backend_dev_memory.argtypes = [ctypes.c_void_p, ctypes.POINTER(ctypes.c_size_t),
+                                            ctypes.POINTER(ctypes.c_size_t)]
+    found = []
+    for index in range(lib.ggml_backend_dev_count()):
+        device = lib.ggml_backend_dev_get(index)
+        if lib.ggml_backend_dev_type(device) not in (_DEVICE_GPU, _DEVICE_IGPU):
+            continue
+        free, total = ctypes.c_size_t(), ctypes.c_size_t()
+        lib.ggml_backend_dev_memory(device, ctypes.byref(free), ctypes.byref(total))
+        name = (lib.ggml_backend_dev_description(device) or b"GPU").decode("utf-8", "replace")
+        found.append(Gpu(name=name, free=int(free.value), total=int(total.value)))
+    return found
+
+
+# enum ggml_backend_dev_type: CPU, GPU, IGPU (integrated, host memory), ACCEL, META
+_DEVICE_GPU, _DEVICE_IGPU = 1, 2
+
+
+def _sampler_chain(sampling: Sampling, n_vocab: int) -> Any:
+    """llama.cpp's own sampler chain for `sampling`; the caller frees it."""
+    chain = llama_cpp.llama_sampler_chain_init(llama_cpp.llama_sampler_chain_default_params())
+
+    def add(sampler: Any) -> None:
+        llama_cpp.llama_sampler_chain_add(chain, sampler)
+
+    if sampling.repeat_penalty != 1.0:
+        add(llama_cpp.llama_sampler_init_penalties(n_vocab, _PENALTY_LAST_N, sampling.repeat_penalty, 0.0, 0.0))
+    if sampling.temperature <= 0.0:
+        add(llama_cpp.llama_sampler_init_greedy())
+        return chain
+    if sampling.top_k > 0:
+        add(llama_cpp.llama_sampler_init_top_k(sampling.top_k))
+    add(llama_cpp.llama_sampler_init_top_p(sampling.top_p, 1))
+    add(llama_cpp.llama_sampler_init_min_p(sampling.min_p, 1))
+    add(llama_cpp.llama_sampler_init_temp(sampling.temperature))
+    add(llama_cpp.llama_sampler_init_dist(sampling.seed if sampling.seed >= 0 else _RANDOM_SEED))
+    return chain
+
+
+_PENALTY_LAST_N = 64  # llama.cpp's default window for the repeat penalty
+_RANDOM_SEED = 0xFFFFFFFF  # LLAMA_DEFAULT_SEED: llama.cpp picks a random seed
+
+
+class _StrictSandbox(ImmutableSandboxedEnvironment):
+    """Jinja's sandbox, failing at the first unsafe attribute instead of rendering it as empty."""
+
+    def unsafe_undefined(self, obj: Any, attribute: str) -> jinja2.Undefined:
+        raise jinja2.exceptions.SecurityError(f"access to {attribute!r} of a {type(obj).__name__} is unsafe")
+
+
+def _compile_template(template: str, path: Path) -> jinja2.Template:
+    """The chat template compiled in a sandbox that refuses access to Python internals."""
+    environment = _StrictSandbox(
+        loader=jinja2.BaseLoader(), trim_blocks=True, lstrip_blocks=True,
+        extensions=[llama_chat_format.Jinja2ChatFormatter.IgnoreGenerationTags, "jinja2.ext.loopcontrols"],
+    )
+    environment.filters["tojson"] = llama_chat_format.Jinja2ChatFormatter.tojson
+    try:
+        return environment.from_string(template)
+    except Exception as exc:  # syntax errors, and anything else compiling a stranger's template raises
+        raise ChatTemplateInvalid(f"The chat template in {path} is not a valid template ({exc}).",
+                                  hint="Choose another model, or one converted with a working chat template.") from exc
+
+
+_SAMPLE_CHAT = [{"role": "system", "content": "s"}, {"role": "user", "content": "u"},
+                {"role": "assistant", "content": "a"}, {"role": "user", "content": "u"}]
+
+
+def _render_template(template: jinja2.Template, path: Path, messages: Sequence[dict[str, str]],
+                     *, bos: str, eos: str) -> str:
+    try:
+        return str(template.render(
+            messages=list(messages), add_generation_prompt=True, bos_token=bos, eos_token=eos,
+            raise_exception=_raise_template_error, strftime_now=llama_chat_format.Jinja2ChatFormatter.strftime_now,
+        ))
+    except jinja2.exceptions.SecurityError as exc:
+        raise ChatTemplateInvalid(
+            f"The chat template in {path} tried to reach parts of Python a template must not touch ({exc}); "
+            "Cleo refused to run it.",
+            hint="Do not use this file; get the model from a source you trust.",
+        ) from exc
+    except Exception as exc:  # the template is code from the model file: its failures are the file's
+        raise ChatTemplateInvalid(
+            f"The chat template in {path} failed on this conversation ({type(exc).__name__}: {exc}).",
+            hint="Choose another model, or one converted with a working chat template.",
+        ) from exc
+
+
+def _raise_template_error(message: str) -> NoReturn:
+    """`raise_exception(...)`, which Hugging Face chat templates call to refuse a conversation."""
+    raise jinja2.exceptions.TemplateError(message)
 
 
 def _load(path: Path, **params: Any) -> llama_cpp.Llama:

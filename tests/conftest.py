@@ -54,7 +54,7 @@ def default_models(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Default
     yield DefaultModels(home, models / DEFAULT_CHAT_MODEL_FILE, models / DEFAULT_EMBEDDING_MODEL_FILE, base)
 
 
-def write_tiny_gguf(path: Path, arch: str = "llama", tensors: bool = True) -> Path:
+def write_tiny_gguf(path: Path, arch: str = "llama", tensors: bool = True, chat_template: str = "") -> Path:
     """A small valid GGUF (name, context, 100-token vocabulary, two F32 tensors) to break or stretch."""
     import numpy as np
     from gguf import GGUFWriter
@@ -63,6 +63,8 @@ def write_tiny_gguf(path: Path, arch: str = "llama", tensors: bool = True) -> Pa
     writer.add_name("tiny")
     writer.add_context_length(64)
     writer.add_token_list([f"t{i}" for i in range(100)])
+    if chat_template:
+        writer.add_chat_template(chat_template)
     if tensors:
         writer.add_tensor("token_embd.weight", np.ones((100, 32), dtype=np.float32))
         writer.add_tensor("output_norm.weight", np.ones(32, dtype=np.float32))

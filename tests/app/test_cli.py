@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -72,3 +73,36 @@ def test_models_info_on_a_non_model_explains_the_problem(tmp_path: Path, cleo_ho
     assert result.returncode == 2
     assert str(notes) in result.stderr and "not a GGUF model" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_chat_once_json_gives_reply_usage_and_notices(default_models: DefaultModels) -> None:
+    result = _cleo("chat", "--once", "What is the capital of France?", "--json", home=default_models.home,
+                   CLEO_TEMPERATURE="0")
+    assert result.returncode == 0, result.stderr
+    answer = json.loads(result.stdout)
+    assert "Paris" in answer["reply"] and answer["finish_reason"] == "stop"
+    assert answer["usage"]["completion_tokens"] > 0 and answer["usage"]["context_size"] == 4096
+    assert answer["notices"] == [] and answer["error"] is None and answer["device"] == "CPU"
+
+
+def test_ctrl_c_stops_the_reply_but_not_the_chat(default_models: DefaultModels) -> None:
+    env = {**os.environ, "CLEO_HOME": str(default_models.home), "CLEO_THREADS": "1", "CLEO_MAX_TOKENS": "2000",
+           "PYTHONUNBUFFERED": "1"}
+    chat = subprocess.Popen([sys.executable, "-m", "app", "chat"], env=env, stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert chat.stdin is not None and chat.stdout is not None
+    try:
+        chat.stdin.write("Write a very long story about a lighthouse keeper.\n")
+        chat.stdin.flush()
+        seen = ""
+        while "you> " not in seen:
+            seen += chat.stdout.read(1)
+        chat.stdout.read(30)  # the reply is streaming
+        chat.send_signal(signal.SIGINT)
+        out, err = chat.communicate("What is the capital of France?\n", timeout=120)
+    finally:
+        chat.kill()
+    assert chat.returncode == 0, err
+    assert "[stopped]" in out
+    assert "Paris" in out.split("[stopped]", 1)[1]
+    assert "Traceback" not in err and "KeyboardInterrupt" not in err

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import random
-import struct
 from pathlib import Path
 
 import pytest
@@ -13,6 +11,7 @@ from hypothesis import strategies as st
 
 from engine.catalog import ModelCatalog, read_model_info
 from engine.errors import KnownError
+from tests.bad_models import bad_headers
 from tests.conftest import DefaultModels, write_tiny_gguf
 
 
@@ -45,59 +44,8 @@ def test_catalog_lists_models_and_names_unusable_files(default_models: DefaultMo
     assert "not a GGUF model" in unusable[0].problem
 
 
-# --- bad files -------------------------------------------------------------------------------
-
-def _patched(source: bytes, offset: int, fmt: str, value: int) -> bytes:
-    data = bytearray(source)
-    struct.pack_into(fmt, data, offset, value)
-    return bytes(data)
-
-
-def _bad_files(tmp: Path) -> list[tuple[str, Path, str]]:
-    """(case, path, words the error must contain) for every kind of bad file we know of."""
-    good = write_tiny_gguf(tmp / "good.gguf").read_bytes()
-    tensor_name = good.index(b"token_embd.weight")
-    n_dims_at = tensor_name + len(b"token_embd.weight")
-    type_at = n_dims_at + 4 + 2 * 8
-    rng = random.Random(1234)
-    cases: list[tuple[str, bytes | None, str]] = [
-        ("zero bytes", b"", "empty"),
-        ("text file", b"# My model notes\nThis is not a model.\n" * 20, "not a GGUF"),
-        ("wrong magic", b"GGML" + good[4:], "not a GGUF"),
-        ("version 1", _patched(good, 4, "<I", 1), "version 1"),
-        ("version 99", _patched(good, 4, "<I", 99), "version 99"),
-        ("absurd tensor count", _patched(good, 8, "<Q", 2**62), "more than the file can hold"),
-        ("absurd metadata count", _patched(good, 16, "<Q", 2**40), "more than the file can hold"),
-        ("absurd key length", _patched(good, 24, "<Q", 2**60), "truncated"),
-        ("too many dimensions", _patched(good, n_dims_at, "<I", 9), "dimensions"),
-        ("zero dimensions", _patched(good, n_dims_at, "<I", 0), "dimensions"),
-        ("unknown tensor type", _patched(good, type_at, "<I", 999), "unknown data type"),
-        ("absurd tensor size", _patched(good, n_dims_at + 4, "<Q", 2**50), "cut off"),
-        ("truncated tensor data", good[:-200], "cut off"),
-        ("tensor data missing", good[: tensor_name + 200], "cut off"),
-    ]
-    cases += [(f"header cut at {n}", good[:n], "truncated") for n in (6, 12, 20, 30, 60, n_dims_at + 2)]
-    cases += [(f"random bytes {i}", bytes(rng.randrange(256) for _ in range(rng.randrange(1, 4096))), "not a GGUF")
-              for i in range(8)]
-    cases += [(f"random after magic {i}", b"GGUF" + struct.pack("<I", 3)
-               + bytes(rng.randrange(256) for _ in range(rng.randrange(16, 2048))), "not a usable model")
-              for i in range(4)]
-    files = []
-    for case, content, words in cases:
-        path = tmp / f"{case.replace(' ', '-')}.gguf"
-        path.write_bytes(content or b"")
-        files.append((case, path, words))
-    files.append(("unknown architecture", write_tiny_gguf(tmp / "frob.gguf", arch="frobnicator"), "'frobnicator'"))
-    files.append(("vocab only", write_tiny_gguf(tmp / "vocab.gguf", tensors=False), "only a vocabulary"))
-    folder = tmp / "a-folder.gguf"
-    folder.mkdir()
-    files.append(("a directory", folder, "is a folder"))
-    files.append(("nonexistent", tmp / "missing.gguf", "does not exist"))
-    return files
-
-
 def test_every_kind_of_bad_file_gets_a_clear_known_error(tmp_path: Path) -> None:
-    files = _bad_files(tmp_path)
+    files = bad_headers(tmp_path)
     assert len(files) >= 30
     for case, path, words in files:
         with pytest.raises(KnownError) as caught:

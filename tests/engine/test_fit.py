@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import struct
 from pathlib import Path
 
 import pytest
@@ -10,19 +9,8 @@ import pytest
 from engine.catalog import read_model_info
 from engine.fit import ModelTooLarge, available_memory, check_fits, estimate_need
 from engine.llama_backend import ChatModel
-from tests.conftest import DefaultModels, write_tiny_gguf
-
-
-def _sparse_giant(path: Path) -> Path:
-    """A valid GGUF header promising a 1 TiB tensor; the file is sparse, so it costs no disk."""
-    write_tiny_gguf(path)
-    data = bytearray(path.read_bytes())
-    name_end = data.index(b"token_embd.weight") + len(b"token_embd.weight")
-    struct.pack_into("<Q", data, name_end + 4 + 8, 2**33)  # rows: 2^33 x 32 floats = 1 TiB
-    path.write_bytes(bytes(data))
-    with path.open("r+b") as f:
-        f.truncate(len(data) + 2**40)
-    return path
+from tests.bad_models import sparse_giant
+from tests.conftest import DefaultModels
 
 
 def test_kv_cache_estimate_follows_the_model_shape(default_models: DefaultModels) -> None:
@@ -44,7 +32,7 @@ def test_too_little_memory_is_refused_with_both_numbers(default_models: DefaultM
 
 
 def test_giant_model_is_refused_before_loading(tmp_path: Path) -> None:
-    giant = _sparse_giant(tmp_path / "giant.gguf")
+    giant = sparse_giant(tmp_path / "giant.gguf")
     free = available_memory()
     assert free is not None and free < 2**40
     with pytest.raises(ModelTooLarge) as caught:

@@ -1,0 +1,1 @@
+"""Benchmarks: scripts printing JSON lines, run as `python -m bench.NAME` (see `make bench`)."""

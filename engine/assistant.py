@@ -1,0 +1,246 @@
+"""The assistant facade: one call per turn, a stream of events back.
+
+`Assistant.turn(conversation_id, user_text)` stores the user's message, builds the prompt
+(instructions, pinned memories, the conversation, recalled context next to the new message),
+streams the reply through llama.cpp and stores it. `regenerate` and `edit` are turns on a new
+branch; the old reply or message stays. It runs on one worker thread (it owns the model,
+DESIGN.md decision 2); `stop()` may be called from any thread.
+
+Memory is a collaborator (`Memory`); issue 4 provides the real one, `NoMemory` stands in.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Generator, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+from engine.conversations import ConversationStore, InMemoryConversationStore, Message
+from engine.errors import KnownError
+from engine.events import Done, Event, Failed, Notice, Started, Token, Usage
+from engine.kv_cache import SnapshotCache, common_prefix
+from engine.llama_backend import ChatModel, ReplyStats, Sampling
+from engine.paths import folders
+from engine.prompt import build_prompt
+from engine.settings import Settings
+
+log = logging.getLogger(__name__)
+
+# A turn's events; closing it early (the window went away) keeps the reply so far, as stopped.
+Turn = Generator[Event, None, None]
+
+_FLUSH_SECONDS = 1.0  # a streaming reply is saved at least this often (DESIGN.md decision 4)
+
+
+class Memory(Protocol):
+    """What the assistant asks of memory on each turn."""
+
+    def pinned_block(self, conversation_id: str) -> str:
+        """What Cleo knows about the user, placed after the system prompt; should change rarely."""
+        ...
+
+    def context_for(self, conversation_id: str, user_text: str) -> str:
+        """Recalled items for this message, placed just before it; empty for none."""
+        ...
+
+    def on_evict(self, conversation_id: str, messages: Sequence[Message]) -> None:
+        """Turns that no longer fit in the context; memory may summarise them."""
+        ...
+
+
+class NoMemory:
+    """Remembers nothing; the stand-in until memory exists and for chats with memory off."""
+
+    def pinned_block(self, conversation_id: str) -> str:
+        return ""
+
+    def context_for(self, conversation_id: str, user_text: str) -> str:
+        return ""
+
+    def on_evict(self, conversation_id: str, messages: Sequence[Message]) -> None:
+        pass
+
+
+class EmptyMessage(KnownError):
+    """The user sent nothing."""
+
+
+class InternalError(KnownError):
+    """A bug, as the user sees it: the details are in the log."""
+
+
+@dataclass(frozen=True)
+class TurnOptions:
+    sampling: Sampling | None = None  # None: from the settings
+    system_prompt: str | None = None  # None: the conversation's own, else the settings'
+
+
+def sampling_from(settings: Settings) -> Sampling:
+    return Sampling(temperature=settings.temperature, top_p=settings.top_p, top_k=settings.top_k,
+                    min_p=settings.min_p, repeat_penalty=settings.repeat_penalty,
+                    max_tokens=settings.max_tokens, seed=settings.seed)
+
+
+class Assistant:
+    def __init__(
+        self,
+        model: ChatModel,
+        settings: Settings,
+        *,
+        store: ConversationStore | None = None,
+        memory: Memory | None = None,
+    ) -> None:
+        self.model = model
+        self.settings = settings
+        self.store: ConversationStore = store or InMemoryConversationStore()
+        self.memory: Memory = memory or NoMemory()
+        self._stop = threading.Event()
+        self._snapshots = SnapshotCache(settings.kv_cache_budget_mb * 1024 * 1024)
+        self._cache_owner: str | None = None  # whose conversation the model's cache holds
+        self._evicted: dict[str, set[str]] = {}  # message ids out of the context, per conversation
+        self._load_notices = list(model.notices)  # shown with the next reply
+
+    def new_conversation(self, title: str = "", system_prompt: str | None = None) -> str:
+        return self.store.create_conversation(title, system_prompt).id
+
+    def stop(self) -> None:
+        """End the reply being generated (within one token); safe from any thread."""
+        self._stop.set()
+
+    def load_model(self, path: Path, *, settings: Settings | None = None) -> None:
+        """Switch to the model at `path`. On any error the current model stays loaded and serving."""
+        settings = settings or self.settings
+        model = ChatModel(path, context_size=settings.context_size, threads=settings.threads or None,
+                          gpu_layers=settings.gpu_layers)
+        self.model.close()
+        self.model, self.settings = model, settings
+        self._snapshots = SnapshotCache(settings.kv_cache_budget_mb * 1024 * 1024)  # caches are per model
+        self._cache_owner = None
+        self._load_notices = list(model.notices)
+
+    def turn(self, conversation_id: str, user_text: str, options: TurnOptions | None = None) -> Turn:
+        """Reply to `user_text` as the next message on the conversation's current branch."""
+        def user_message() -> Message:
+            if not user_text.strip():
+                raise EmptyMessage("The message is empty.", hint="Type something to send.")
+            leaf = self.store.conversation(conversation_id).current_leaf_id
+            return self.store.add_message(conversation_id, "user", user_text, leaf)
+        return self._run(conversation_id, user_message, options)
+
+    def regenerate(self, conversation_id: str, reply_id: str | None = None,
+                   options: TurnOptions | None = None) -> Turn:
+        """A new alternative to a reply (default: the current one); the old reply is kept."""
+        def user_message() -> Message:
+            reply = self.store.message(reply_id or self.store.conversation(conversation_id).current_leaf_id or "")
+            if reply.role != "assistant" or reply.parent_id is None:
+                raise KnownError("Only a reply can be regenerated.", hint="Pick one of Cleo's replies.")
+            return self.store.message(reply.parent_id)
+        return self._run(conversation_id, user_message, options)
+
+    def edit(self, conversation_id: str, message_id: str, new_text: str,
+             options: TurnOptions | None = None) -> Turn:
+        """Replace a user message on a new branch and reply to it; the old branch is kept."""
+        def user_message() -> Message:
+            old = self.store.message(message_id)
+            if old.role != "user":
+                raise KnownError("Only your own messages can be edited.", hint="Pick a message you wrote.")
+            if not new_text.strip():
+                raise EmptyMessage("The edited message is empty.", hint="Type something to send.")
+            return self.store.add_message(conversation_id, "user", new_text, old.parent_id)
+        return self._run(conversation_id, user_message, options)
+
+    def _run(self, conversation_id: str, user_message: Callable[[], Message],
+             options: TurnOptions | None) -> Turn:
+        self._stop.clear()
+        reply: Message | None = None
+        parts: list[str] = []
+        failure: KnownError | None = None
+        try:
+            user = user_message()
+            reply = self.store.add_message(conversation_id, "assistant", "", user.id, model=self.model.name)
+            self.store.set_current_leaf(conversation_id, reply.id)
+            yield Started(conversation_id, user.id, reply.id)
+            yield from self._generate(conversation_id, user, reply, parts, options or TurnOptions())
+            return
+        except KnownError as exc:
+            failure = exc
+        except Exception:
+            log.exception("a turn in conversation %s failed", conversation_id)
+            failure = InternalError("Something went wrong inside Cleo while replying.",
+                                    hint=f"The details are in the log in {folders().logs}.")
+        finally:
+            if reply is not None and (failure is not None or not self.store.message(reply.id).finish_reason):
+                # Keep what was written: the turn failed, or the caller stopped listening mid-reply.
+                self.store.save_reply(reply.id, "".join(parts), "error" if failure is not None else "stopped")
+        yield Failed(failure)
+
+    def _generate(self, conversation_id: str, user: Message, reply: Message, parts: list[str],
+                  options: TurnOptions) -> Iterator[Event]:
+        model, store = self.model, self.store
+        conversation = store.conversation(conversation_id)
+        for text in self._load_notices:
+            yield Notice("device", text)
+        self._load_notices = []
+        sampling = options.sampling or sampling_from(self.settings)
+        system = next(s for s in (options.system_prompt, conversation.system_prompt, self.settings.system_prompt)
+                      if s is not None)
+        pinned = self.memory.pinned_block(conversation_id)
+        reserve = min(sampling.max_tokens, model.context_size // 2)  # room for the reply
+        evicted = self._evicted.setdefault(conversation_id, set())
+        plan = build_prompt(
+            model,
+            instructions="\n\n".join(part for part in (system, pinned) if part),
+            history=store.branch(user.parent_id),
+            newest=user.content,
+            context=self.memory.context_for(conversation_id, user.content),
+            budget=model.context_size - reserve,
+            evicted_before=evicted,
+        )
+        yield from plan.notices
+        if plan.evicted:
+            evicted.update(m.id for m in plan.evicted)
+            self.memory.on_evict(conversation_id, plan.evicted)
+        self._use_cache_of(conversation_id, plan.tokens)
+
+        stats = ReplyStats()
+        first_token_at = last_flush = 0.0
+        for text in model.stream(plan.tokens, sampling, self._stop, stats):
+            now = time.perf_counter()
+            if not parts:
+                first_token_at = last_flush = now
+            parts.append(text)
+            yield Token(text)
+            if now - last_flush >= _FLUSH_SECONDS:
+                store.save_reply(reply.id, "".join(parts))
+                last_flush = now
+        elapsed = time.perf_counter() - first_token_at
+        speed = (stats.completion_tokens - 1) / elapsed if stats.completion_tokens > 1 and elapsed > 0 else 0.0
+        store.save_reply(reply.id, "".join(parts), stats.finish_reason)
+        yield Usage(
+            prompt_tokens=stats.prompt_tokens,
+            cached_tokens=stats.cached_tokens,
+            completion_tokens=stats.completion_tokens,
+            tokens_per_s=speed,
+            context_used=stats.prompt_tokens + stats.completion_tokens,
+            context_size=model.context_size,
+        )
+        yield Done(reply.id, stats.finish_reason)
+
+    def _use_cache_of(self, conversation_id: str, prompt: Sequence[int]) -> None:
+        """Make the model's cache the best start for `prompt`: keep it, or restore the chat's snapshot."""
+        model = self.model
+        if self._cache_owner == conversation_id:
+            return
+        if self._cache_owner is not None and model.cached_tokens:
+            self._snapshots.put(self._cache_owner, model.snapshot())
+        self._cache_owner = conversation_id
+        snapshot = self._snapshots.get(conversation_id)
+        if snapshot is None or common_prefix(snapshot.tokens, prompt) <= common_prefix(model.cached_tokens, prompt):
+            return
+        if not model.restore(snapshot):
+            log.warning("llama.cpp refused the saved context of conversation %s; reading it again",
+                            conversation_id)

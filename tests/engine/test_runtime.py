@@ -1,0 +1,176 @@
+"""The llama.cpp runtime on the real default MoE: streaming, stopping, cache reuse, snapshots, GPU plans."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from engine.catalog import read_model_info
+from engine.errors import ChatTemplateInvalid, ModelFileInvalid
+from engine.fit import Gpu, plan_gpu_layers
+from engine.llama_backend import ChatModel, ReplyStats, Sampling, gpus
+from tests.bad_models import UNSAFE_TEMPLATES
+from tests.conftest import DefaultModels, write_tiny_gguf
+
+GREEDY = Sampling(temperature=0.0, max_tokens=24)
+QUESTION = [{"role": "system", "content": "You are Cleo."},
+            {"role": "user", "content": "What is the capital of France?"}]
+
+
+def _stream(model: ChatModel, messages: list[dict[str, str]], sampling: Sampling = GREEDY,
+            stop: threading.Event | None = None) -> tuple[str, ReplyStats]:
+    stats = ReplyStats()
+    text = "".join(model.stream(model.chat_tokens(messages), sampling, stop, stats))
+    return text, stats
+
+
+def test_reply_streams_in_pieces_that_add_up(moe_model: ChatModel) -> None:
+    moe_model.forget()
+    pieces = list(moe_model.stream(moe_model.chat_tokens(QUESTION), GREEDY))
+    assert len(pieces) > 3
+    assert "Paris" in "".join(pieces)
+
+
+def test_follow_up_reuses_the_cached_prefix(moe_model: ChatModel) -> None:
+    moe_model.forget()
+    first, before = _stream(moe_model, QUESTION)
+    assert before.cached_tokens == 0
+    follow_up = [*QUESTION, {"role": "assistant", "content": first}, {"role": "user", "content": "And of Italy?"}]
+    second, stats = _stream(moe_model, follow_up)
+    # The first prompt and the reply are reused; only the new message is computed.
+    assert stats.cached_tokens >= before.prompt_tokens + before.completion_tokens - 1
+    assert "Rome" in second
+
+
+def test_reply_with_reused_cache_equals_a_fresh_models(moe_model: ChatModel, default_models: DefaultModels) -> None:
+    moe_model.forget()
+    first, _ = _stream(moe_model, QUESTION)
+    follow_up = [*QUESTION, {"role": "assistant", "content": first}, {"role": "user", "content": "And Spain?"}]
+    reused, stats = _stream(moe_model, follow_up, Sampling(temperature=0.8, seed=7, max_tokens=24))
+    assert stats.cached_tokens > 0
+    fresh_model = ChatModel(default_models.chat, context_size=1024, threads=1)
+    try:
+        fresh, stats = _stream(fresh_model, follow_up, Sampling(temperature=0.8, seed=7, max_tokens=24))
+    finally:
+        fresh_model.close()
+    assert stats.cached_tokens == 0
+    assert reused == fresh
+
+
+def _stop_after(stop: threading.Event, pieces: Iterator[str], n: int) -> tuple[list[str], float]:
+    """Consume `pieces`, asking to stop after `n` of them; the seconds from the request to the end."""
+    got: list[str] = []
+    asked = 0.0
+    for piece in pieces:
+        got.append(piece)
+        if len(got) == n:
+            stop.set()
+            asked = time.perf_counter()
+    return got, time.perf_counter() - asked
+
+
+def test_stop_ends_the_reply_within_100_ms_and_the_next_reply_is_normal(
+    moe_model: ChatModel, default_models: DefaultModels
+) -> None:
+    moe_model.forget()
+    stop = threading.Event()
+    story = [{"role": "user", "content": "Write a long story about a lighthouse."}]
+    stats = ReplyStats()
+    got, latency = _stop_after(stop, moe_model.stream(moe_model.chat_tokens(story), Sampling(max_tokens=400), stop,
+                                                       stats), 5)
+    assert len(got) == 5 and stats.finish_reason == "stopped"
+    assert latency < 0.1
+
+    stop.clear()
+    after_stop, _ = _stream(moe_model, QUESTION, Sampling(temperature=0.8, seed=3, max_tokens=24), stop)
+    fresh_model = ChatModel(default_models.chat, context_size=1024, threads=1)
+    try:
+        fresh, _ = _stream(fresh_model, QUESTION, Sampling(temperature=0.8, seed=3, max_tokens=24))
+    finally:
+        fresh_model.close()
+    assert after_stop == fresh
+
+
+def test_stop_interrupts_reading_a_long_prompt(moe_model: ChatModel) -> None:
+    moe_model.forget()
+    long_prompt = moe_model.chat_tokens([{"role": "user", "content": "word " * 900}])
+    stop = threading.Event()
+    stats = ReplyStats()
+    timer = threading.Timer(0.3, stop.set)
+    started = time.perf_counter()
+    timer.start()
+    pieces = list(moe_model.stream(long_prompt, GREEDY, stop, stats))
+    elapsed = time.perf_counter() - started
+    timer.join()
+    assert pieces == [] and stats.finish_reason == "stopped"
+    assert elapsed < 0.3 + 0.1  # reading all of it takes seconds
+    assert len(moe_model.cached_tokens) < len(long_prompt)  # the unread part was not kept
+    stop.clear()
+    assert "Paris" in _stream(moe_model, QUESTION)[0]
+
+
+def test_snapshot_brings_a_conversation_back(moe_model: ChatModel) -> None:
+    moe_model.forget()
+    first, _ = _stream(moe_model, QUESTION)
+    snapshot = moe_model.snapshot()
+    assert snapshot.tokens == moe_model.cached_tokens and snapshot.size > 0
+    _stream(moe_model, [{"role": "user", "content": "Name a fruit."}])  # another chat takes the cache
+    assert moe_model.restore(snapshot)
+    follow_up = [*QUESTION, {"role": "assistant", "content": first}, {"role": "user", "content": "And of Italy?"}]
+    second, stats = _stream(moe_model, follow_up)
+    assert stats.cached_tokens >= len(snapshot.tokens) - 4
+    assert "Rome" in second
+
+
+@pytest.mark.parametrize("template", UNSAFE_TEMPLATES)
+def test_template_reaching_python_internals_is_refused(tmp_path: Path, template: str) -> None:
+    path = write_tiny_gguf(tmp_path / "evil.gguf", chat_template=template)
+    with pytest.raises(ChatTemplateInvalid) as caught:
+        ChatModel(path, context_size=512, threads=1)
+    assert str(path) in caught.value.message and "must not touch" in caught.value.message
+
+
+def test_gpu_failure_falls_back_to_the_cpu_and_says_so(default_models: DefaultModels) -> None:
+    from engine import llama_backend
+
+    attempts: list[int] = []
+
+    def loader(path: Path, **params: Any) -> Any:
+        attempts.append(params["n_gpu_layers"])
+        if params["n_gpu_layers"]:  # what a driver or out-of-memory failure looks like from here
+            raise ModelFileInvalid(f"llama.cpp could not load {path} (failed to allocate CUDA buffer).")
+        return llama_backend._load(path, **params)
+
+    big_gpu = [Gpu("Test GPU", free=16 * 1024**3, total=16 * 1024**3)]
+    model = ChatModel(default_models.chat, context_size=512, threads=1, gpus_found=big_gpu, loader=loader)
+    try:
+        assert attempts == [31, 0]
+        assert model.device == "CPU"
+        assert any("on the GPU failed" in n and "CUDA buffer" in n for n in model.notices)
+        assert "Paris" in _stream(model, QUESTION)[0]
+    finally:
+        model.close()
+
+
+def test_gpu_layers_are_planned_from_free_memory(default_models: DefaultModels) -> None:
+    info = read_model_info(default_models.chat)  # 30 layers + output, about 0.35 GB at 4096 tokens
+    gib = 1024**3
+    assert plan_gpu_layers(info, 4096, -1, [Gpu("Big", 8 * gib, 8 * gib)]).layers == 31
+    partial = plan_gpu_layers(info, 4096, -1, [Gpu("Small", 400 * 1024**2, gib)])
+    assert 0 < partial.layers < 31 and "layers run on the GPU" in partial.notice
+    assert plan_gpu_layers(info, 4096, -1, [Gpu("Tiny", 100 * 1024**2, gib)]).layers == 0
+    assert plan_gpu_layers(info, 4096, 0, [Gpu("Big", 8 * gib, 8 * gib)]).device == "CPU"
+    asked = plan_gpu_layers(info, 4096, 12, [])
+    assert asked.layers == 0 and "found no GPU" in asked.notice
+    assert plan_gpu_layers(info, 4096, -1, []).notice == ""  # no GPU, nothing was expected
+
+
+def test_this_build_reports_its_gpus_truthfully() -> None:
+    import llama_cpp
+
+    assert bool(gpus()) == bool(llama_cpp.llama_supports_gpu_offload())
