@@ -6,7 +6,7 @@ streams the reply through llama.cpp and stores it. `regenerate` and `edit` are t
 branch; the old reply or message stays. It runs on one worker thread (it owns the model,
 DESIGN.md decision 2); `stop()` may be called from any thread.
 
-Memory is a collaborator (`Memory`); issue 4 provides the real one, `NoMemory` stands in.
+Memory is a collaborator (`Memory`): `engine.memory.MemoryHooks` on the database, or `NoMemory`.
 """
 
 from __future__ import annotations
@@ -17,11 +17,11 @@ import time
 from collections.abc import Callable, Generator, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 from engine.conversations import ConversationStore, InMemoryConversationStore, Message
 from engine.errors import KnownError
-from engine.events import Done, Event, Failed, Notice, Started, Token, Usage
+from engine.events import Done, Event, Failed, MemoryUpdated, Notice, Recalled, Recollection, Started, Token, Usage
 from engine.kv_cache import SnapshotCache, common_prefix
 from engine.llama_backend import ChatModel, ReplyStats, Sampling
 from engine.paths import folders
@@ -43,26 +43,47 @@ class Memory(Protocol):
         """What Cleo knows about the user, placed after the system prompt; should change rarely."""
         ...
 
-    def context_for(self, conversation_id: str, user_text: str) -> str:
-        """Recalled items for this message, placed just before it; empty for none."""
+    def context_for(self, conversation_id: str, user_text: str) -> Recollection:
+        """Recalled items for this message, placed just before it."""
+        ...
+
+    def on_user_message(self, conversation_id: str, message: Message) -> list[MemoryUpdated]:
+        """A new message from the user; explicit "remember that …" requests are handled here."""
+        ...
+
+    def after_turn(self, conversation_id: str, messages: Sequence[Message]) -> None:
+        """The turn's messages are stored; memory may index them or learn from them."""
         ...
 
     def on_evict(self, conversation_id: str, messages: Sequence[Message]) -> None:
         """Turns that no longer fit in the context; memory may summarise them."""
         ...
 
+    def learn(self, ask: Callable[[list[dict[str, str]], dict[str, Any]], Any]) -> list[MemoryUpdated]:
+        """Learn from finished turns with the model (`ask` gets a chat and a JSON schema)."""
+        ...
+
 
 class NoMemory:
-    """Remembers nothing; the stand-in until memory exists and for chats with memory off."""
+    """Remembers nothing; the stand-in when there is no database."""
 
     def pinned_block(self, conversation_id: str) -> str:
         return ""
 
-    def context_for(self, conversation_id: str, user_text: str) -> str:
-        return ""
+    def context_for(self, conversation_id: str, user_text: str) -> Recollection:
+        return Recollection()
+
+    def on_user_message(self, conversation_id: str, message: Message) -> list[MemoryUpdated]:
+        return []
+
+    def after_turn(self, conversation_id: str, messages: Sequence[Message]) -> None:
+        pass
 
     def on_evict(self, conversation_id: str, messages: Sequence[Message]) -> None:
         pass
+
+    def learn(self, ask: Callable[[list[dict[str, str]], dict[str, Any]], Any]) -> list[MemoryUpdated]:
+        return []
 
 
 class EmptyMessage(KnownError):
@@ -110,6 +131,21 @@ class Assistant:
     def stop(self) -> None:
         """End the reply being generated (within one token); safe from any thread."""
         self._stop.set()
+
+    def learn(self) -> list[MemoryUpdated]:
+        """Let memory learn from the turns since the last call; run it when the user is not waiting."""
+        return self.memory.learn(self.ask_json)
+
+    def ask_json(self, messages: list[dict[str, str]], schema: dict[str, Any]) -> Any:
+        """A side question to the model, answered as JSON following `schema`.
+
+        The conversation's cache is set aside first, like switching chats, so the next turn
+        restores it instead of reading the whole conversation again.
+        """
+        if self._cache_owner is not None and self.model.cached_tokens:
+            self._snapshots.put(self._cache_owner, self.model.snapshot())
+        self._cache_owner = None
+        return self.model.complete_json(messages, schema)
 
     def load_model(self, path: Path, *, settings: Settings | None = None) -> None:
         """Switch to the model at `path`. On any error the current model stays loaded and serving."""
@@ -188,7 +224,11 @@ class Assistant:
         sampling = options.sampling or sampling_from(self.settings)
         system = next(s for s in (options.system_prompt, conversation.system_prompt, self.settings.system_prompt)
                       if s is not None)
+        yield from self.memory.on_user_message(conversation_id, user)
         pinned = self.memory.pinned_block(conversation_id)
+        recollection = self.memory.context_for(conversation_id, user.content)
+        if recollection.items:
+            yield Recalled(recollection.items)
         reserve = min(sampling.max_tokens, model.context_size // 2)  # room for the reply
         evicted = self._evicted.setdefault(conversation_id, set())
         plan = build_prompt(
@@ -196,7 +236,7 @@ class Assistant:
             instructions="\n\n".join(part for part in (system, pinned) if part),
             history=store.branch(user.parent_id),
             newest=user.content,
-            context=self.memory.context_for(conversation_id, user.content),
+            context=recollection.text,
             budget=model.context_size - reserve,
             evicted_before=evicted,
         )
@@ -220,6 +260,7 @@ class Assistant:
         elapsed = time.perf_counter() - first_token_at
         speed = (stats.completion_tokens - 1) / elapsed if stats.completion_tokens > 1 and elapsed > 0 else 0.0
         store.save_reply(reply.id, "".join(parts), stats.finish_reason)
+        self.memory.after_turn(conversation_id, [user, store.message(reply.id)])
         yield Usage(
             prompt_tokens=stats.prompt_tokens,
             cached_tokens=stats.cached_tokens,

@@ -16,13 +16,14 @@ from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from engine import model_commands
+from engine import memory_commands, model_commands, transfer_commands
 from engine.assistant import Assistant
-from engine.errors import KnownError, ModelMissing
-from engine.events import Done, Event, Failed, Notice, Token, Usage
+from engine.errors import KnownError
+from engine.events import Done, Event, Failed, MemoryUpdated, Notice, Recalled, RecalledItem, Token, Usage
 from engine.llama_backend import ChatModel
 from engine.logs import setup_logging
-from engine.paths import default_chat_model, folders
+from engine.paths import folders
+from engine.session import open_cleo
 from engine.settings import Settings, load_settings
 
 log = logging.getLogger(__name__)
@@ -46,12 +47,18 @@ def main(argv: list[str]) -> int:
     info = models_commands.add_parser("info", help="what a GGUF file holds")
     info.add_argument("path", type=Path)
     info.add_argument("--json", action="store_true", help="print JSON instead of text")
+    memory_commands.add_commands(commands)
+    transfer_commands.add_commands(commands)
     args = parser.parse_args(argv)
     try:
         setup_logging()
         settings, warnings = load_settings()
         for warning in warnings:
             print(f"warning: {warning}", file=sys.stderr)
+        if args.command in ("memory", "search", "database"):
+            return memory_commands.run(args)
+        if args.command in transfer_commands.COMMANDS:
+            return transfer_commands.run(args)
         if args.command == "models":
             return model_commands.run(args.models_command, path=getattr(args, "path", None), as_json=args.json)
         return run_chat(settings, model_path=args.model, once=args.once, as_json=args.json)
@@ -65,36 +72,34 @@ def main(argv: list[str]) -> int:
 
 
 def run_chat(settings: Settings, *, model_path: Path | None, once: str | None, as_json: bool) -> int:
-    default = default_chat_model()
-    path = model_path or (Path(settings.chat_model) if settings.chat_model else default)
-    if path == default and not path.exists():
-        raise ModelMissing(f"Cleo's default model {path} does not exist.",
-                           hint="Build it with `python -m training.defaults` (or `make run`), or choose a model "
-                                "with --model PATH.")
-    model = ChatModel(path, context_size=settings.context_size, threads=settings.threads or None,
-                      gpu_layers=settings.gpu_layers)
-    assistant = Assistant(model, settings)
-    conversation = assistant.new_conversation()
-    if once is not None:
-        reply = _reply(assistant, assistant.turn(conversation, once), live=not as_json)
-        if as_json:
-            print(json.dumps(reply.as_json(model), ensure_ascii=False))
-        if reply.error is not None:
-            raise reply.error
-        return 0
-    print(f"Chatting with {model.name} on the {model.device}. Ctrl+C stops a reply; Ctrl+D or /quit leaves.")
-    while True:
-        try:
-            text = input("\nyou> ").strip()
-        except (EOFError, KeyboardInterrupt):
-            print()
-            return 0
-        if text == "/quit":
-            return 0
-        if text:
-            reply = _reply(assistant, assistant.turn(conversation, text), live=True)
+    cleo = open_cleo(settings, model_path=model_path)
+    try:
+        assistant, model = cleo.assistant, cleo.assistant.model
+        conversation = assistant.new_conversation()
+        if once is not None:
+            reply = _reply(assistant, assistant.turn(conversation, once), live=not as_json)
+            if as_json:
+                print(json.dumps(reply.as_json(model), ensure_ascii=False))
             if reply.error is not None:
-                print(f"cleo: {reply.error.user_text()}", file=sys.stderr)
+                raise reply.error
+            return 0
+        print(f"Chatting with {model.name} on the {model.device}. Ctrl+C stops a reply; Ctrl+D or /quit leaves.")
+        while True:
+            try:
+                text = input("\nyou> ").strip()
+            except (EOFError, KeyboardInterrupt):
+                print()
+                return 0
+            if text == "/quit":
+                return 0
+            if text:
+                reply = _reply(assistant, assistant.turn(conversation, text), live=True)
+                if reply.error is not None:
+                    print(f"cleo: {reply.error.user_text()}", file=sys.stderr)
+                for update in assistant.learn():  # while the user reads the reply
+                    print(f"[memory {update.action}: {update.text}]", file=sys.stderr)
+    finally:
+        cleo.close()
 
 
 @dataclass
@@ -103,6 +108,8 @@ class _Reply:
     finish_reason: str = ""
     usage: Usage | None = None
     notices: list[Notice] = field(default_factory=list)
+    recalled: list[RecalledItem] = field(default_factory=list)
+    memory_updates: list[MemoryUpdated] = field(default_factory=list)
     error: KnownError | None = None
 
     def as_json(self, model: ChatModel) -> dict[str, object]:
@@ -110,6 +117,8 @@ class _Reply:
             "reply": self.text, "finish_reason": self.finish_reason, "model": model.name, "device": model.device,
             "usage": asdict(self.usage) if self.usage else None,
             "notices": [asdict(n) for n in self.notices],
+            "recalled": [asdict(i) for i in self.recalled],
+            "memory_updates": [asdict(u) for u in self.memory_updates],
             "error": self.error.user_text() if self.error else None,
         }
 
@@ -129,6 +138,12 @@ def _reply(assistant: Assistant, events: Iterator[Event], *, live: bool) -> _Rep
                 reply.notices.append(event)
                 if live:
                     print(f"[{event.text}]", file=sys.stderr)
+            elif isinstance(event, Recalled):
+                reply.recalled.extend(event.items)
+            elif isinstance(event, MemoryUpdated):
+                reply.memory_updates.append(event)
+                if live:
+                    print(f"[memory {event.action}: {event.text}]", file=sys.stderr)
             elif isinstance(event, Usage):
                 reply.usage = event
             elif isinstance(event, Done):

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import codecs
 import ctypes
+import json
 import logging
 import os
 import sys
@@ -23,7 +24,7 @@ import jinja2
 import llama_cpp
 import numpy as np
 from jinja2.sandbox import ImmutableSandboxedEnvironment
-from llama_cpp import _ggml, llama_chat_format
+from llama_cpp import _ggml, llama_chat_format, llama_grammar
 
 from engine.catalog import read_model_info
 from engine.errors import ChatTemplateInvalid, ContextFull, GenerationFailed, ModelFileInvalid
@@ -53,6 +54,7 @@ class Sampling:
     repeat_penalty: float = 1.1
     max_tokens: int = 1024
     seed: int = -1
+    grammar: str = ""  # GBNF the reply must follow (e.g. from `json_grammar`); empty for free text
 
 
 @dataclass
@@ -216,6 +218,20 @@ class ChatModel:
         """Stream the assistant's reply to `messages` (rendered with the model's chat template)."""
         return self.stream(self.chat_tokens(messages), sampling, stop)
 
+    def complete_json(self, messages: Sequence[dict[str, str]], schema: dict[str, Any], *,
+                      max_tokens: int = 256) -> Any:
+        """The model's answer to `messages` as JSON that follows `schema` (grammar-constrained, greedy).
+
+        Raises `GenerationFailed` when the answer is cut off by `max_tokens` before the JSON ends.
+        """
+        sampling = Sampling(temperature=0.0, repeat_penalty=1.0, max_tokens=max_tokens, grammar=json_grammar(schema))
+        text = "".join(self.stream(self.chat_tokens(messages), sampling))
+        try:
+            return json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise GenerationFailed(f"{self.path.name} did not finish its JSON answer within {max_tokens} tokens.",
+                                   hint="This is retried after a later turn.") from exc
+
     def stream(
         self,
         prompt: Sequence[int],
@@ -237,7 +253,7 @@ class ChatModel:
         if stats.cached_tokens < 0:
             stats.cached_tokens, stats.finish_reason = 0, "stopped"
             return
-        chain = _sampler_chain(sampling, self._n_vocab)
+        chain = _sampler_chain(sampling, self._n_vocab, self._vocab)
         decoder = codecs.getincrementaldecoder("utf-8")("replace")
         one = (llama_cpp.llama_token * 1)()
         batch = llama_cpp.llama_batch_get_one(one, 1)
@@ -370,6 +386,11 @@ class Embedder:
 _NO_ABORT = llama_cpp.ggml_abort_callback()  # a null callback: nothing to check
 
 
+def json_grammar(schema: dict[str, Any]) -> str:
+    """A GBNF grammar that only lets the model write JSON matching `schema`."""
+    return str(llama_grammar.json_schema_to_gbnf(json.dumps(schema)))
+
+
 def gpus() -> list[Gpu]:
     """The GPUs llama.cpp can offload to in this build, with their free memory now."""
     lib = _ggml.libggml
@@ -398,12 +419,19 @@ def gpus() -> list[Gpu]:
 _DEVICE_GPU, _DEVICE_IGPU = 1, 2
 
 
-def _sampler_chain(sampling: Sampling, n_vocab: int) -> Any:
+def _sampler_chain(sampling: Sampling, n_vocab: int, vocab: Any) -> Any:
     """llama.cpp's own sampler chain for `sampling`; the caller frees it."""
     chain = llama_cpp.llama_sampler_chain_init(llama_cpp.llama_sampler_chain_default_params())
 
     def add(sampler: Any) -> None:
         llama_cpp.llama_sampler_chain_add(chain, sampler)
+
+    if sampling.grammar:  # first, so every later step only sees tokens the grammar allows
+        grammar = llama_cpp.llama_sampler_init_grammar(vocab, sampling.grammar.encode(), b"root")
+        if not grammar:
+            llama_cpp.llama_sampler_free(chain)
+            raise ValueError("llama.cpp rejected the grammar")
+        add(grammar)
 
     if sampling.repeat_penalty != 1.0:
         add(llama_cpp.llama_sampler_init_penalties(n_vocab, _PENALTY_LAST_N, sampling.repeat_penalty, 0.0, 0.0))

@@ -9,10 +9,10 @@ from pathlib import Path
 
 import pytest
 
-from engine.assistant import Assistant, TurnOptions
+from engine.assistant import Assistant, NoMemory, TurnOptions
 from engine.conversations import Message
 from engine.errors import KnownError
-from engine.events import Done, Event, Failed, Notice, Started, Token, Usage
+from engine.events import Done, Event, Failed, Notice, Recollection, Started, Token, Usage
 from engine.llama_backend import ChatModel, Sampling
 from engine.settings import Settings
 from tests.bad_models import bad_models
@@ -99,7 +99,7 @@ def test_editing_a_message_starts_a_branch_and_keeps_the_old_one(assistant: Assi
     assert assistant.store.branch(old_branch[1].id) == old_branch  # the old branch is intact
 
 
-class RecordingMemory:
+class RecordingMemory(NoMemory):
     """Memory that pins one fact and records what was evicted: the assistant is the subject here."""
 
     def __init__(self) -> None:
@@ -107,9 +107,6 @@ class RecordingMemory:
 
     def pinned_block(self, conversation_id: str) -> str:
         return "The user's name is Ada."
-
-    def context_for(self, conversation_id: str, user_text: str) -> str:
-        return ""
 
     def on_evict(self, conversation_id: str, messages: Sequence[Message]) -> None:
         self.evicted.extend(messages)
@@ -204,7 +201,7 @@ def test_bad_model_files_are_refused_and_the_current_model_keeps_serving(
 class BrokenMemory(RecordingMemory):
     """Memory with a bug in it, to check the assistant contains it."""
 
-    def context_for(self, conversation_id: str, user_text: str) -> str:
+    def context_for(self, conversation_id: str, user_text: str) -> Recollection:
         raise RuntimeError("bug in recall")
 
 

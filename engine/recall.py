@@ -1,0 +1,168 @@
+"""Recall: what Cleo remembers that bears on a message, from memories and other conversations.
+
+Two retrievers, fused by weighted reciprocal-rank fusion: BM25 over the FTS5 indexes, and
+nearest neighbours of the query's MiniLM vector in sqlite-vec. On real multi-session chats BM25
+alone beat dense MiniLM and equal-weight fusion (FACTS.md), so BM25 weighs more; the weights are
+`RecallWeights` defaults, chosen with `bench/memory.py`. Importance and recency nudge the fused
+score. Temporary chats and the conversation being answered are never searched.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, replace
+from typing import Literal, Protocol
+
+import numpy as np
+
+from engine.database import Database
+from engine.events import RecalledItem
+from engine.store import fts_query
+
+Mode = Literal["hybrid", "bm25", "dense"]
+
+# Words that match nearly everything and carry no topic; BM25 down-weights them, dropping is better.
+_STOPWORDS = frozenset({
+    "a", "an", "and", "are", "as", "at", "be", "but", "by", "can", "could", "did", "do", "does", "for", "from",
+    "had", "has", "have", "how", "i", "if", "in", "into", "is", "it", "its", "me", "my", "of", "on", "or", "our",
+    "so", "that", "the", "their", "them", "then", "there", "these", "they", "this", "to", "was", "we", "were",
+    "what", "when", "where", "which", "who", "why", "will", "with", "would", "you", "your", "about", "tell", "know",
+    "remember",
+})
+
+
+# Row ids to (row id, item, importance).
+_Loader = Callable[[list[int]], Iterable[tuple[int, RecalledItem, float]]]
+
+
+class Embeds(Protocol):
+    def embed(self, texts: Sequence[str]) -> np.ndarray: ...
+
+
+@dataclass(frozen=True)
+class RecallWeights:
+    bm25: float = 0.7
+    dense: float = 0.3
+    rank_offset: int = 60  # the k of reciprocal-rank fusion
+    importance: float = 0.2  # a memory of importance 1 scores up to this much more
+    recency: float = 0.1  # something from today scores up to this much more than something old
+    recency_days: float = 30.0
+
+
+def vector_bytes(vector: np.ndarray) -> bytes:
+    return np.asarray(vector, dtype=np.float32).tobytes()
+
+
+class Recall:
+    def __init__(self, database: Database, embedder: Embeds | None, weights: RecallWeights | None = None) -> None:
+        self.database = database
+        self.embedder = embedder
+        self.weights = weights or RecallWeights()
+
+    def search(self, query: str, *, k: int = 5, exclude_conversation: str | None = None,
+               memories: bool = True, messages: bool = True, mode: Mode = "hybrid") -> list[RecalledItem]:
+        """The `k` best items for `query`, best first."""
+        pool = max(50, 5 * k)
+        vector = self._embed(query) if mode != "bm25" and self.embedder is not None else None
+        words = _keywords(query)
+        scored: list[tuple[float, RecalledItem]] = []
+        if memories:
+            scored += self._fuse(
+                self._memory_bm25(words, pool) if mode != "dense" else [],
+                self._memory_knn(vector, pool) if vector is not None else [],
+                self._memory_items,
+            )
+        if messages:
+            scored += self._fuse(
+                self._message_bm25(words, pool, exclude_conversation) if mode != "dense" else [],
+                self._message_knn(vector, pool, exclude_conversation) if vector is not None else [],
+                self._message_items,
+            )
+        scored.sort(key=lambda pair: pair[0], reverse=True)
+        return [item for _, item in scored[:k]]
+
+    def _embed(self, text: str) -> np.ndarray:
+        assert self.embedder is not None
+        return self.embedder.embed([text])[0]
+
+    def _fuse(self, bm25: list[int], dense: list[int], load: _Loader) -> list[tuple[float, RecalledItem]]:
+        """Weighted reciprocal-rank fusion of two rankings of row ids, nudged by importance and age."""
+        w = self.weights
+        fused: dict[int, float] = {}
+        for weight, ranking in ((w.bm25, bm25), (w.dense, dense)):
+            for rank, rowid in enumerate(ranking):
+                fused[rowid] = fused.get(rowid, 0.0) + weight / (w.rank_offset + rank + 1)
+        if not fused:
+            return []
+        now = time.time()
+        result = []
+        for rowid, item, importance in load(list(fused)):
+            age_days = max(0.0, now - item.created_at) / 86400
+            boost = (1 + w.importance * importance) * (1 + w.recency * math.exp(-age_days / w.recency_days))
+            score = fused[rowid] * boost
+            result.append((score, replace(item, score=score)))
+        return result
+
+    # --- the four retrievers: rowids, best first -------------------------------------------------
+
+    def _memory_bm25(self, words: list[str], pool: int) -> list[int]:
+        if not words:
+            return []
+        rows = self.database.conn.execute(
+            "SELECT m.rowid FROM memories_fts JOIN memories m ON m.rowid = memories_fts.rowid "
+            "WHERE memories_fts MATCH ? AND m.status = 'active' ORDER BY bm25(memories_fts) LIMIT ?",
+            (" OR ".join(f'"{w}"' for w in words), pool)).fetchall()
+        return [r[0] for r in rows]
+
+    def _message_bm25(self, words: list[str], pool: int, exclude: str | None) -> list[int]:
+        if not words:
+            return []
+        rows = self.database.conn.execute(
+            "SELECT m.rowid FROM messages_fts JOIN messages m ON m.rowid = messages_fts.rowid "
+            "JOIN conversations c ON c.id = m.conversation_id "
+            "WHERE messages_fts MATCH ? AND c.temporary = 0 AND c.id IS NOT ? ORDER BY bm25(messages_fts) LIMIT ?",
+            (" OR ".join(f'"{w}"' for w in words), exclude, pool)).fetchall()
+        return [r[0] for r in rows]
+
+    def _memory_knn(self, vector: np.ndarray, pool: int) -> list[int]:
+        rows = self.database.conn.execute(
+            "SELECT v.rowid FROM memory_vectors v JOIN memories m ON m.rowid = v.rowid "
+            "WHERE v.embedding MATCH ? AND k = ? AND m.status = 'active' ORDER BY v.distance",
+            (vector_bytes(vector), pool)).fetchall()
+        return [r[0] for r in rows]
+
+    def _message_knn(self, vector: np.ndarray, pool: int, exclude: str | None) -> list[int]:
+        rows = self.database.conn.execute(
+            "SELECT v.rowid FROM message_vectors v JOIN messages m ON m.rowid = v.rowid "
+            "JOIN conversations c ON c.id = m.conversation_id "
+            "WHERE v.embedding MATCH ? AND k = ? AND c.temporary = 0 AND c.id IS NOT ? ORDER BY v.distance",
+            (vector_bytes(vector), pool, exclude)).fetchall()
+        return [r[0] for r in rows]
+
+    # --- rows to items: (rowid, item, importance) ---------------------------------------------
+
+    def _memory_items(self, rowids: list[int]) -> Iterable[tuple[int, RecalledItem, float]]:
+        rows = self.database.conn.execute(
+            f"SELECT rowid, id, content, created_at, source_conversation_id, source_message_id, importance "
+            f"FROM memories WHERE rowid IN ({','.join('?' * len(rowids))})", rowids).fetchall()
+        for r in rows:
+            yield r[0], RecalledItem("memory", r[2], 0.0, r[3], r[4], r[5], memory_id=r[1]), float(r[6])
+
+    def _message_items(self, rowids: list[int]) -> Iterable[tuple[int, RecalledItem, float]]:
+        rows = self.database.conn.execute(
+            f"SELECT rowid, id, content, created_at, conversation_id, role, source_id "
+            f"FROM messages WHERE rowid IN ({','.join('?' * len(rowids))})", rowids).fetchall()
+        for r in rows:
+            item = RecalledItem("message", r[2], 0.0, r[3], r[4], r[1], role=r[5], source_id=r[6])
+            yield r[0], item, _MESSAGE_IMPORTANCE
+
+
+_MESSAGE_IMPORTANCE = 0.5  # messages carry no importance of their own; a memory is rated around them
+
+
+def _keywords(query: str) -> list[str]:
+    words = [w.strip('"') for w in fts_query(query).split(" OR ") if w]
+    kept = [w for w in words if w.lower() not in _STOPWORDS]
+    return kept or words
