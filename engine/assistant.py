@@ -63,6 +63,10 @@ class Memory(Protocol):
         """Learn from finished turns with the model (`ask` gets a chat and a JSON schema)."""
         ...
 
+    def conversation_finished(self, conversation_id: str) -> None:
+        """The user left this conversation (switched away, closed it)."""
+        ...
+
 
 class NoMemory:
     """Remembers nothing; the stand-in when there is no database."""
@@ -84,6 +88,9 @@ class NoMemory:
 
     def learn(self, ask: Callable[[list[dict[str, str]], dict[str, Any]], Any]) -> list[MemoryUpdated]:
         return []
+
+    def conversation_finished(self, conversation_id: str) -> None:
+        pass
 
 
 class EmptyMessage(KnownError):
@@ -131,6 +138,10 @@ class Assistant:
     def stop(self) -> None:
         """End the reply being generated (within one token); safe from any thread."""
         self._stop.set()
+
+    def finish(self, conversation_id: str) -> None:
+        """The user left the conversation; the next `learn` summarises it for episodic memory."""
+        self.memory.conversation_finished(conversation_id)
 
     def learn(self) -> list[MemoryUpdated]:
         """Let memory learn from the turns since the last call; run it when the user is not waiting."""

@@ -89,8 +89,9 @@ def run_chat(settings: Settings, *, model_path: Path | None, once: str | None, a
                 text = input("\nyou> ").strip()
             except (EOFError, KeyboardInterrupt):
                 print()
-                return 0
+                text = "/quit"
             if text == "/quit":
+                _learn_before_leaving(assistant, conversation)
                 return 0
             if text:
                 reply = _reply(assistant, assistant.turn(conversation, text), live=True)
@@ -100,6 +101,16 @@ def run_chat(settings: Settings, *, model_path: Path | None, once: str | None, a
                     print(f"[memory {update.action}: {update.text}]", file=sys.stderr)
     finally:
         cleo.close()
+
+
+def _learn_before_leaving(assistant: Assistant, conversation: str) -> None:
+    """Summarise the chat for episodic memory; a second Ctrl+C skips it."""
+    assistant.finish(conversation)
+    try:
+        for update in assistant.learn():
+            print(f"[memory {update.action}: {update.text}]", file=sys.stderr)
+    except KeyboardInterrupt:
+        pass
 
 
 @dataclass

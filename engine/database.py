@@ -113,7 +113,7 @@ CREATE TABLE memories (
   kind TEXT NOT NULL CHECK (kind IN ('profile', 'preference', 'fact', 'event', 'instruction')),
   content TEXT NOT NULL,
   importance REAL NOT NULL DEFAULT 0.5,
-  status TEXT NOT NULL DEFAULT 'active' CHECK (status IN ('proposed', 'active', 'rejected', 'superseded')),
+  status TEXT NOT NULL DEFAULT 'active' CHECK (status IN ('proposed', 'active', 'superseded', 'invalidated')),
   superseded_by TEXT,
   replaces TEXT,  -- a proposal that, once approved, supersedes this memory
   pinned INTEGER NOT NULL DEFAULT 0,
@@ -144,6 +144,7 @@ CREATE TABLE summaries (
   content TEXT NOT NULL,
   first_message_id TEXT,
   last_message_id TEXT,
+  memory_id TEXT,  -- the "event" memory that carries the summary into recall
   created_at REAL NOT NULL
 );
 """),

@@ -7,11 +7,13 @@ with "ask before remembering" on, proposals wait in an inbox for approval.
 
 `MemoryHooks` is the assistant's `Memory` collaborator: the stable "what Cleo knows about you"
 block, recalled items for each message, explicit "remember that …" / "forget that …", vectors
-for new messages, and episodic notes for turns that leave the context.
+for new messages, and, when the user is not waiting (`learn`), facts the model extracts and
+episodic summaries of finished conversations and of turns that left the context.
 """
 
 from __future__ import annotations
 
+import logging
 import re
 import time
 import uuid
@@ -27,6 +29,8 @@ from engine.errors import KnownError
 from engine.events import MemoryUpdated, RecalledItem, Recollection
 from engine.recall import Embeds, Recall, vector_bytes
 from engine.store import SqliteConversationStore
+
+log = logging.getLogger(__name__)
 
 KINDS = ("profile", "preference", "fact", "event", "instruction")
 _DUPLICATE_SIMILARITY = 0.92  # cosine above which two memories say the same thing (MiniLM)
@@ -48,7 +52,7 @@ class MemoryRecord:
     kind: str
     content: str
     importance: float
-    status: str  # "proposed" (in the inbox), "active", "rejected", "superseded"
+    status: str  # "proposed" (in the inbox), "active", "superseded" (by a correction), "invalidated" (no longer true)
     pinned: bool
     superseded_by: str | None
     source_message_id: str | None
@@ -200,6 +204,15 @@ class MemoryBook:
             _log(conn, old.id, "superseded", old.content, reason, source_message_id)
         return new
 
+    def invalidate(self, memory_id: str, *, reason: str) -> MemoryRecord:
+        """Mark a memory as no longer true, with nothing to replace it; it stays in the history."""
+        memory = self.get(memory_id)
+        with self.database.write() as conn:
+            conn.execute("UPDATE memories SET status = 'invalidated', updated_at = ? WHERE id = ?",
+                         (time.time(), memory_id))
+            _log(conn, memory_id, "invalidated", memory.content, reason, None)
+        return self.get(memory_id)
+
     def mark_used(self, memory_ids: Sequence[str]) -> None:
         if memory_ids:
             with self.database.write() as conn:
@@ -302,6 +315,16 @@ def _extraction_prompt(known: Sequence[MemoryRecord], messages: Sequence[Message
             {"role": "user", "content": f"Known memories:\n{memories}\n\nLatest exchange:\n{exchange}"}]
 
 
+SUMMARY_SCHEMA: dict[str, Any] = {
+    "type": "object", "properties": {"summary": {"type": "string", "maxLength": 400}}, "required": ["summary"],
+}
+_SUMMARY_INSTRUCTIONS = (
+    "Summarise this part of a conversation between the user and Cleo in one to three sentences: what the "
+    "user wanted, what was decided or learned, and anything to follow up. Write about 'the user'."
+)
+_SUMMARY_MESSAGES = 40  # the newest messages of a long stretch are enough for a summary
+
+
 _REMEMBER = re.compile(r"^\s*(?:please\s+)?remember\s+(?:that\s+)?(?P<what>.+)", re.IGNORECASE | re.DOTALL)
 _FORGET = re.compile(r"^\s*(?:please\s+)?forget\s+(?:that\s+|about\s+)?(?P<what>.+)", re.IGNORECASE | re.DOTALL)
 
@@ -317,6 +340,7 @@ class MemoryHooks:
         self.ask_before_remembering = ask_before_remembering
         self.recall_k = recall_k
         self._to_learn_from: list[tuple[str, list[Message]]] = []
+        self._to_summarise: list[tuple[str, list[Message]]] = []
 
     def _enabled(self, conversation_id: str) -> bool:
         return self.store.memory_enabled(conversation_id)
@@ -383,14 +407,18 @@ class MemoryHooks:
         Run when the user is not waiting (after a reply, when idle). With "ask before remembering"
         on, what it decides goes to the inbox instead of memory.
         """
-        updates: list[MemoryUpdated] = []
+        updates = self._summarise(ask)
         while self._to_learn_from:
             conversation_id, messages = self._to_learn_from.pop(0)
             user = next((m for m in messages if m.role == "user"), None)
             if user is None or _REMEMBER.match(user.content) or _FORGET.match(user.content):
                 continue  # explicit requests were handled when they were said
             known = self._related_memories(user.content)
-            decision = ask(_extraction_prompt(known, messages), EXTRACTION_SCHEMA)
+            try:
+                decision = ask(_extraction_prompt(known, messages), EXTRACTION_SCHEMA)
+            except KnownError as exc:
+                log.warning("could not learn from a turn in %s: %s", conversation_id, exc.message)
+                continue
             update = self._apply(decision, known, conversation_id, user)
             if update is not None:
                 updates.append(update)
@@ -421,17 +449,48 @@ class MemoryHooks:
         return MemoryUpdated(action, memory.id, memory.content)
 
     def on_evict(self, conversation_id: str, messages: Sequence[Message]) -> None:
-        """Turns that left the context become an episodic note, so they stay findable."""
-        if not messages or self.store.is_temporary(conversation_id):
+        """Turns that left the context are summarised by `learn`, so they stay recallable."""
+        if messages and self._enabled(conversation_id):
+            self._to_summarise.append((conversation_id, list(messages)))
+
+    def conversation_finished(self, conversation_id: str) -> None:
+        """The user left the conversation: `learn` summarises what was not summarised yet."""
+        if not self._enabled(conversation_id):
             return
-        said = [m.content.strip().splitlines()[0][:200] for m in messages if m.role == "user" and m.content.strip()]
-        if not said:
-            return
-        note = "Earlier in this conversation the user talked about: " + "; ".join(said)
-        with self.book.database.write() as conn:
-            conn.execute("INSERT INTO summaries (id, conversation_id, content, first_message_id, last_message_id, "
-                         "created_at) VALUES (?, ?, ?, ?, ?, ?)",
-                         (uuid.uuid4().hex, conversation_id, note, messages[0].id, messages[-1].id, time.time()))
+        leaf = self.store.conversation(conversation_id).current_leaf_id
+        messages = self.store.branch(leaf)
+        done = {r[0] for r in self.book.conn.execute(
+            "SELECT last_message_id FROM summaries WHERE conversation_id = ?", (conversation_id,))}
+        last_done = max((i for i, m in enumerate(messages) if m.id in done), default=-1)
+        if len(messages) - last_done - 1 >= 2:  # at least one exchange since the last summary
+            self._to_summarise.append((conversation_id, messages[last_done + 1:]))
+
+    def _summarise(self, ask: AskJson) -> list[MemoryUpdated]:
+        updates = []
+        while self._to_summarise:
+            conversation_id, messages = self._to_summarise.pop(0)
+            exchange = "\n".join(f"{'User' if m.role == 'user' else 'Assistant'}: {_shorten(m.content, 600)}"
+                                  for m in messages[-_SUMMARY_MESSAGES:])
+            try:
+                answer = ask([{"role": "system", "content": _SUMMARY_INSTRUCTIONS},
+                              {"role": "user", "content": exchange}], SUMMARY_SCHEMA)
+            except KnownError as exc:
+                log.warning("could not summarise conversation %s: %s", conversation_id, exc.message)
+                continue
+            summary = str(answer.get("summary", "")).strip() if isinstance(answer, dict) else ""
+            if len(summary) < 10:
+                continue
+            day = time.strftime("%Y-%m-%d", time.localtime(messages[0].created_at))
+            action, memory = self.book.add(f"On {day}: {summary}", "event", importance=0.3,
+                                           reason="summary of a conversation", source_message_id=messages[-1].id,
+                                           source_conversation_id=conversation_id)
+            with self.book.database.write() as conn:
+                conn.execute("INSERT INTO summaries (id, conversation_id, content, first_message_id, last_message_id, "
+                             "memory_id, created_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                             (uuid.uuid4().hex, conversation_id, memory.content, messages[0].id, messages[-1].id,
+                              memory.id, time.time()))
+            updates.append(MemoryUpdated(action, memory.id, memory.content))
+        return updates
 
 
 def _describe(item: RecalledItem) -> str:

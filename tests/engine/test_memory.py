@@ -50,6 +50,9 @@ def test_a_contradiction_supersedes_the_old_memory_and_keeps_it_in_the_history(b
         ("added", "I live in Lisbon."), ("added", "I moved to Porto last month."), ("superseded", "I live in Lisbon.")]
     found = Recall(book.database, book.embedder).search("which city do I live in", k=3, messages=False)
     assert [i.text for i in found] == ["I moved to Porto last month."]
+    book.invalidate(porto.id, reason="the user moved abroad")
+    assert book.memories() == [] and book.get(porto.id).status == "invalidated"
+    assert [e.action for e in book.history(porto.id)][-1] == "invalidated"
 
 
 def test_saying_the_same_thing_again_bumps_the_memory_instead_of_adding_one(book: MemoryBook) -> None:
@@ -255,3 +258,34 @@ def test_the_loaded_model_answers_the_extraction_with_valid_json(
     events = list(assistant.turn(chat, "What is my dog called?", SHORT))
     usage = next(e for e in events if isinstance(e, Usage))
     assert usage.cached_tokens > 30  # the side question did not cost the conversation its cache
+
+
+def test_finished_conversations_and_evicted_turns_become_recallable_summaries(
+    database: Database, embedder: Embedder
+) -> None:
+    hooks = _hooks(database, embedder)
+    chat = hooks.store.create_conversation()
+    user = hooks.store.add_message(chat.id, "user", "Help me plan a hiking trip to the Gerês mountains.", None)
+    reply = hooks.store.add_message(chat.id, "assistant", "Sure: start at Campo do Gerês...", user.id)
+    hooks.store.set_current_leaf(chat.id, reply.id)
+    summary = {"summary": "The user planned a hiking trip to the Geres mountains, starting at Campo do Geres."}
+    hooks.conversation_finished(chat.id)
+    [update] = hooks.learn(lambda messages, schema: summary)
+    event = hooks.book.get(update.memory_id)
+    assert event.kind == "event" and event.source_conversation_id == chat.id and "hiking trip" in event.content
+    row = database.conn.execute("SELECT first_message_id, last_message_id, memory_id FROM summaries").fetchone()
+    assert row == (user.id, reply.id, event.id)
+    hooks.conversation_finished(chat.id)  # nothing new since: nothing to summarise
+    assert hooks.learn(lambda messages, schema: summary) == []
+    found = hooks.recall.search("when did I plan the hike", k=1, messages=False)
+    assert found[0].memory_id == event.id
+
+    hooks.on_evict(chat.id, [user, reply])
+    asked: list[str] = []
+
+    def ask(messages: list[dict[str, str]], schema: dict[str, Any]) -> Any:
+        asked.append(messages[1]["content"])
+        return {"summary": ""}
+
+    assert hooks.learn(ask) == []  # an empty summary is not stored
+    assert "Gerês mountains" in asked[0]  # the evicted turns were what the model was asked about

@@ -1,0 +1,100 @@
+"""The torch decoder: routing, causality, auxiliary losses, and the three dispatch paths agreeing."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+import torch
+
+from training.model import Decoder, ModelConfig, MoEFeedForward
+
+TINY = ModelConfig(architecture="llama", vocab_size=97, hidden_size=32, intermediate_size=48, num_layers=2,
+                   num_heads=4, num_kv_heads=2, head_dim=8, num_experts=4, experts_per_token=2)
+
+
+def _model(config: ModelConfig = TINY, seed: int = 0) -> Decoder:
+    torch.manual_seed(seed)
+    return Decoder(config).eval()
+
+
+@pytest.mark.parametrize("architecture", ["llama", "qwen3moe"])
+def test_each_token_gets_exactly_k_experts_whose_weights_sum_to_one(architecture: str) -> None:
+    config = dataclasses.replace(TINY, architecture=architecture)  # type: ignore[arg-type]
+    layer = _model(config).moe_layers()[0]
+    experts, weights, _ = layer.route(torch.randn(50, 32))
+    assert experts.shape == weights.shape == (50, 2)
+    assert all(len(set(row.tolist())) == 2 for row in experts)
+    assert torch.allclose(weights.sum(-1), torch.ones(50)) and (weights > 0).all()
+
+
+def test_more_experts_per_token_than_experts_is_refused() -> None:
+    with pytest.raises(ValueError, match="between 1 and 4"):
+        dataclasses.replace(TINY, experts_per_token=5)
+    with pytest.raises(ValueError, match="not supported"):
+        dataclasses.replace(TINY, architecture="gpt2")  # type: ignore[arg-type]
+
+
+def test_evaluation_is_deterministic_and_causal() -> None:
+    model = _model()
+    tokens = torch.randint(0, 97, (2, 12))
+    with torch.no_grad():
+        first = model(tokens).logits
+        assert torch.equal(first, model(tokens).logits)
+        changed = tokens.clone()
+        changed[:, 7] = (changed[:, 7] + 1) % 97
+        after = model(changed).logits
+    assert torch.equal(first[:, :7], after[:, :7])  # nothing before the change may see it
+    assert not torch.allclose(first[:, 7:], after[:, 7:])
+
+
+def test_load_balance_loss_is_smallest_when_routing_is_uniform() -> None:
+    layer = _model().moe_layers()[0]
+    with torch.no_grad():
+        layer.router.weight.zero_()  # every expert equally likely
+    layer(torch.randn(64, 32))
+    assert layer.stats is not None
+    uniform = layer.stats.load_balance.item()
+    with torch.no_grad():
+        layer.router.weight.normal_(std=3.0)
+    layer(torch.randn(64, 32))
+    assert layer.stats is not None
+    assert uniform == pytest.approx(1.0, abs=0.15) and layer.stats.load_balance.item() > uniform
+    assert layer.stats.z_loss.item() >= 0
+
+
+def test_auxiliary_loss_reaches_the_router() -> None:
+    model = _model().train()
+    out = model(torch.randint(0, 97, (2, 10)))
+    assert out.aux_loss.item() > 0
+    out.aux_loss.backward()
+    router_grads = [layer.router.weight.grad for layer in model.moe_layers()]
+    assert all(g is not None and g.abs().sum() > 0 for g in router_grads)
+
+
+def test_dense_model_has_no_auxiliary_loss() -> None:
+    model = _model(dataclasses.replace(TINY, num_experts=0, experts_per_token=0))
+    out = model(torch.randint(0, 97, (1, 5)))
+    assert out.aux_loss.item() == 0 and model.expert_load().numel() == 0
+
+
+@pytest.mark.parametrize("path", ["sorted", "grouped"])
+def test_dispatch_paths_agree_with_the_per_expert_loop_forward_and_backward(path: str) -> None:
+    results = {}
+    for dispatch in ("naive", path):
+        torch.manual_seed(0)
+        layer = MoEFeedForward(dataclasses.replace(TINY, dispatch=dispatch))  # type: ignore[arg-type]
+        x = torch.randn(40, 32, generator=torch.Generator().manual_seed(1), requires_grad=True)
+        out = layer(x)
+        (out * torch.linspace(-1, 1, 32)).sum().backward()
+        results[dispatch] = (out.detach(), x.grad, layer.gate.grad, layer.down.grad, layer.router.weight.grad)
+    for naive, other in zip(results["naive"], results[path], strict=True):
+        assert other is not None and naive is not None
+        torch.testing.assert_close(other, naive, rtol=1e-5, atol=1e-5)
+
+
+def test_expert_load_is_reported_per_layer() -> None:
+    model = _model()
+    model(torch.randint(0, 97, (3, 16)))
+    load = model.expert_load()
+    assert load.shape == (2, 4) and torch.allclose(load.sum(-1), torch.ones(2))
