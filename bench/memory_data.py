@@ -7,7 +7,6 @@ jobs, allergens, medication) without saying anything about the user, as real cha
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from random import Random
@@ -17,7 +16,8 @@ DAY = 86400.0
 SISTERS = ["Maria", "Ana", "Sofia", "Clara", "Julia", "Elena", "Greta", "Priya", "Mei", "Hannah", "Ines", "Noor"]
 PARTNERS = ["Daniel", "Tom", "Lucas", "Aisha", "Emma", "Marco", "Yuki", "Sam", "Olivia", "Ravi", "Leon", "Chloe"]
 KIDS = ["Leo", "Mia", "Noah", "Ava", "Ethan", "Lily", "Oscar", "Zoe", "Felix", "Ruby"]
-PET_NAMES = ["Biscuit", "Luna", "Pepper", "Milo", "Nala", "Ziggy", "Mochi", "Rex", "Olive", "Pickles", "Toffee", "Bruno"]
+PET_NAMES = ["Biscuit", "Luna", "Pepper", "Milo", "Nala", "Ziggy", "Mochi", "Rex", "Olive", "Pickles", "Toffee",
+             "Bruno"]
 PET_KINDS = ["dog", "cat", "rabbit", "parrot", "hamster", "tortoise", "beagle", "labrador", "ferret"]
 CITIES = ["Porto", "Lisbon", "Berlin", "Denver", "Osaka", "Toronto", "Melbourne", "Edinburgh", "Valencia", "Seattle",
           "Lyon", "Krakow", "Austin", "Dublin", "Nairobi", "Montreal", "Bologna", "Vancouver", "Tallinn", "Kyoto"]
@@ -67,14 +67,6 @@ BEHAVIOURS = ["knock things off tables", "chase their tails", "sleep so much", "
               "stare at walls"]
 ADJECTIVES = ["mild and rainy", "hot and humid", "cold and windy", "sunny and dry", "changeable", "grey but mild"]
 
-_WORD = re.compile(r"[a-z0-9]+")
-# Function words a question shares with anything; overlap on them is not lexical overlap.
-_FUNCTION_WORDS = frozenset(
-    "a an and are as at be but by can could did do does for from had has have how i if in into is it its me my "
-    "of on or our so that the their them then there these they this to was we were what when where which who why "
-    "will with would you your about tell know remember am any i'm now these days this some should".split())
-
-
 @dataclass(frozen=True)
 class Fact:
     """Something a user says about themselves, maybe said again differently later, and asked about."""
@@ -112,20 +104,6 @@ class UserHistory:
     facts: list[Fact]
 
 
-def content_words(text: str) -> set[str]:
-    """Lower-cased words of `text` without function words, crudely stemmed (enough to spot shared words)."""
-    words = set()
-    for word in _WORD.findall(text.lower()):
-        if word in _FUNCTION_WORDS or len(word) < 3:
-            continue
-        for suffix in ("ing", "es", "ed", "s"):
-            if word.endswith(suffix) and len(word) - len(suffix) >= 3:
-                word = word[: -len(suffix)]
-                break
-        words.add(word)
-    return words
-
-
 def _other(rng: Random, options: list[str], taken: str) -> str:
     return rng.choice([o for o in options if o != taken])
 
@@ -152,14 +130,13 @@ def _sister(rng: Random, update: bool) -> Fact:
 def _pets(rng: Random, update: bool) -> Fact:
     kind, pet = rng.choice(PET_KINDS), rng.choice(PET_NAMES)
     kind2, pet2 = _other(rng, PET_KINDS, kind), _other(rng, PET_NAMES, pet)
-    first = rng.choice([f"We adopted a {kind} called {pet} from the shelter last month.",
+    first = rng.choice([f"Our first pet, a {kind} called {pet}, came from the shelter last month.",
                         f"My {kind} {pet} chewed through another charger cable this morning.",
                         f"I have a {kind} named {pet} who sleeps on my keyboard whenever I work from home."])
     later = rng.choice([f"We got a second pet! A little {kind2} named {pet2}.",
                         f"Say hello to {pet2}, the {kind2} we brought home yesterday. {pet} is jealous already."])
     return Fact("pets", first, later if update else None, additive=True,
-                questions=("What pets do I have?", "Which animals live with me?",
-                           "What are the names of the furry or feathered members of my household?"),
+                questions=("What pets do I have?", "Which animals live with me?", "What are my pets called?"),
                 memory_first=f"The user has a {kind} named {pet}.",
                 memory_later=f"The user also has a {kind2} named {pet2}.")
 
@@ -168,12 +145,12 @@ def _job(rng: Random, update: bool) -> Fact:
     job, company = rng.choice(JOBS), rng.choice(COMPANIES)
     job2, company2 = _other(rng, JOBS, job), _other(rng, COMPANIES, company)
     first = rng.choice([f"I work as a {job} at {company}.",
-                        f"Another twelve-hour shift at {company} today. Being a {job} is exhausting.",
-                        f"I've been a {job} at {company} since I finished university."])
-    later = rng.choice([f"I finally did it: I accepted an offer to be a {job2} at {company2}, starting Monday.",
+                        f"Another twelve-hour shift at work today. Being a {job} at {company} is exhausting.",
+                        f"I've been a {job} at {company} since I finished university, my first real job."])
+    later = rng.choice([f"I finally did it: I accepted a job offer to be a {job2} at {company2}, starting Monday.",
                         f"Quick update, I left {company} and now work as a {job2} for {company2}."])
     return Fact("job", first, later if update else None,
-                questions=("Where do I work?", "What do I do for a living?", "Who is my current employer?"),
+                questions=("Where do I work?", "What do I do for a living?", "What's my job these days?"),
                 memory_first=f"The user works as a {job} at {company}.",
                 memory_later=f"The user works as a {job2} at {company2}.")
 
@@ -182,7 +159,8 @@ def _allergies(rng: Random, update: bool) -> Fact:
     allergen = rng.choice(ALLERGENS)
     allergen2 = _other(rng, ALLERGENS, allergen)
     first = rng.choice([f"I'm allergic to {allergen}, so please keep that in mind for recipes.",
-                        f"Had a reaction at lunch again; I really need to be more careful about {allergen}.",
+                        f"Had a reaction at lunch again; I really need to be more careful about {allergen}, "
+                        "I'm so allergic.",
                         f"The doctor confirmed my {allergen} allergy yesterday."])
     later = rng.choice([f"Turns out I'm also allergic to {allergen2}, the tests came back positive.",
                         f"Add {allergen2} to the list of things I can't have, says my allergist."])
@@ -197,13 +175,13 @@ def _car(rng: Random, update: bool) -> Fact:
     colour, car = rng.choice(COLOURS), rng.choice(CARS)
     car2 = _other(rng, CARS, car)
     first = rng.choice([f"I drive a {colour} {car}.",
-                        f"My {colour} {car} is in the garage again for new brakes.",
+                        f"My {colour} {car} is in the garage again, the car needs new brakes.",
                         f"I've had my {car} for six years and it still runs great."])
-    later = rng.choice([f"I sold the {car} and bought a {car2} last week!",
+    later = rng.choice([f"I sold my old car and I'm driving a {car2} now!",
                         f"Picked up my new {car2} from the dealer today, the old {car} is gone."])
     return Fact("car", first, later if update else None,
                 questions=("What car do I drive?", "What vehicle do I own at the moment?",
-                           "What am I getting around town in these days?"),
+                           "Which car am I driving now?"),
                 memory_first=f"The user drives a {car}.", memory_later=f"The user drives a {car2}.")
 
 
@@ -228,7 +206,7 @@ def _trip(rng: Random, update: bool) -> Fact:
     first = rng.choice([f"I'm planning a trip to {country} in {month}.",
                         f"We booked flights to {country} for {month}, I can't wait!",
                         f"Do you have tips for {country}? We're going there in {month}."])
-    later = rng.choice([f"Change of plans: we cancelled {country} and are going to {country2} instead.",
+    later = rng.choice([f"Change of plans: we cancelled {country} and are travelling to {country2} instead.",
                         f"Our holiday is now in {country2}; the {country} trip fell through."])
     return Fact("trip", first, later if update else None,
                 questions=("Where am I going on holiday?", "What's my next vacation destination?",
@@ -250,14 +228,14 @@ def _partner(rng: Random, update: bool) -> Fact:
 
 def _diet(rng: Random, update: bool) -> Fact:
     diet = rng.choice(DIETS[:2])
-    first = rng.choice([f"I've been {diet} since 2019.",
+    first = rng.choice([f"I've been on a {diet} diet since 2019.",
                         f"As a {diet}, I'm always hunting for new protein ideas."])
     later, memory_later = rng.choice([
-        ("I went fully vegan last month, no more cheese for me.", "The user is vegan."),
+        ("I switched to a vegan diet last month, no more cheese for me.", "The user is vegan."),
         (f"I'm not {diet} anymore, I started eating meat again on my doctor's advice.", "The user eats meat again."),
     ])
     return Fact("diet", first, later if update else None,
-                questions=("What diet do I follow?", "Do I eat meat?", "Are there foods I skip by choice?"),
+                questions=("What kind of diet am I on?", "Do I eat meat?", "Are there foods I skip by choice?"),
                 memory_first=f"The user is {diet}.", memory_later=memory_later)
 
 
@@ -275,8 +253,9 @@ def _birthday(rng: Random, update: bool) -> Fact:
 def _exercise(rng: Random, update: bool) -> Fact:
     sport = rng.choice(list(SPORTS))
     sport2 = _other(rng, list(SPORTS), sport)
-    first = rng.choice([f"I {SPORTS[sport]} three times a week.", f"I {SPORTS[sport]} every Saturday morning."])
-    later = rng.choice([f"My knee is bad, so I switched from {sport} to {sport2}.",
+    first = rng.choice([f"I {SPORTS[sport]} three times a week to get some exercise.",
+                        f"My workout routine: I {SPORTS[sport]} every Saturday morning."])
+    later = rng.choice([f"My knee is bad, so for exercise I switched from {sport} to {sport2}.",
                         f"The physio told me to stop {sport}; now I {SPORTS[sport2]} instead."])
     return Fact("exercise", first, later if update else None,
                 questions=("What exercise do I do?", "How do I keep fit?", "What does my workout routine look like?"),
@@ -312,9 +291,9 @@ def _home(rng: Random, update: bool) -> Fact:
     hood = rng.choice(HOODS)
     hood2 = _other(rng, HOODS, hood)
     first = rng.choice([f"We live in a two-bedroom flat in {hood}.",
-                        f"Our apartment in {hood} is tiny but the view is great."])
+                        f"Our apartment in {hood} is tiny but it feels like home."])
     later = rng.choice([f"We finally moved into a house in {hood2}!",
-                        f"Moving day is over, we're now living in {hood2}."])
+                        f"Moving day is over, our new home is in {hood2}."])
     return Fact("home", first, later if update else None,
                 questions=("Where do I live?", "Which neighbourhood is my home in?", "Where is home for me now?"),
                 memory_first=f"The user lives in {hood}.", memory_later=f"The user lives in {hood2}.")
@@ -325,10 +304,10 @@ def _medication(rng: Random, update: bool) -> Fact:
     med2 = _other(rng, MEDS, med)
     first = rng.choice([f"I take {med} every morning for my {condition}.",
                         f"Just refilled my {med} prescription, the pharmacy was packed."])
-    later = rng.choice([f"My doctor switched me from {med} to {med2}.",
+    later = rng.choice([f"My doctor switched me from {med} to {med2} for my {condition}.",
                         f"I'm on {med2} now instead of {med}, fewer side effects so far."])
     return Fact("medication", first, later if update else None,
-                questions=("What medication am I on?", "Which pills do I take each day?",
+                questions=(f"What do I take for my {condition}?", "Which pills do I swallow each day?",
                            "What did my doctor prescribe me?"),
                 memory_first=f"The user takes {med}.", memory_later=f"The user takes {med2}.")
 
@@ -375,7 +354,8 @@ def _code(rng: Random) -> tuple[str, str]:
 
 def _movie(rng: Random) -> tuple[str, str]:
     genre = rng.choice(GENRES)
-    return (rng.choice([f"Recommend a {genre} movie for tonight.", f"What's a good {genre} film to watch with friends?"]),
+    return (rng.choice([f"Recommend a {genre} movie for tonight.",
+                        f"What's a good {genre} film to watch with friends?"]),
             f"For a {genre} night, pick something well reviewed and under two hours; classics of the genre are a safe "
             "bet if you haven't seen them.")
 
@@ -512,7 +492,7 @@ def chit_chat(rng: Random) -> tuple[str, str]:
 def chit_chat_pool(rng: Random, pairs: int) -> list[tuple[str, str]]:
     """`pairs` different (user, assistant) exchanges."""
     seen: set[str] = set()
-    pool = []
+    pool: list[tuple[str, str]] = []
     while len(pool) < pairs:
         pair = chit_chat(rng)
         if pair[0] not in seen:

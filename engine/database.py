@@ -175,6 +175,7 @@ class Database:
         self.conn = conn
         self.db = sqlite_utils.Database(conn)
         self._lock = lock
+        self.caches: dict[str, object] = {}  # in-memory state derived from this connection's data
 
     @contextmanager
     def write(self) -> Iterator[Any]:

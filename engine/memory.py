@@ -29,6 +29,7 @@ from engine.errors import KnownError
 from engine.events import MemoryUpdated, RecalledItem, Recollection
 from engine.recall import Embeds, Recall, vector_bytes
 from engine.store import SqliteConversationStore
+from engine.vectors import vector_index
 
 log = logging.getLogger(__name__)
 
@@ -221,6 +222,7 @@ class MemoryBook:
 
     def forget_everything(self) -> None:
         """Every memory, its log and every episodic summary, gone from the file's bytes too."""
+        self.database.caches.pop("memory_vectors", None)  # rebuilt, empty, on next use
         with self.database.write() as conn:
             conn.execute("DELETE FROM memories")
             conn.execute("DELETE FROM memory_log")
@@ -229,6 +231,8 @@ class MemoryBook:
         scrub_free_space(self.database)
 
     def _delete(self, memory_id: str, action: str, reason: str) -> None:
+        rowid = self.conn.execute("SELECT rowid FROM memories WHERE id = ?", (memory_id,)).fetchone()[0]
+        vector_index(self.database, "memory_vectors").remove([rowid])
         with self.database.write() as conn:
             conn.execute("UPDATE memory_log SET content = '' WHERE memory_id = ?", (memory_id,))
             conn.execute("DELETE FROM memories WHERE id = ?", (memory_id,))
@@ -240,42 +244,65 @@ class MemoryBook:
     def _embed(self, text: str) -> np.ndarray | None:
         return None if self.embedder is None else self.embedder.embed([text])[0]
 
-    @staticmethod
-    def _store_vector(conn: Any, memory_id: str, vector: np.ndarray | None) -> None:
+    def _store_vector(self, conn: Any, memory_id: str, vector: np.ndarray | None) -> None:
         if vector is not None:
             rowid = conn.execute("SELECT rowid FROM memories WHERE id = ?", (memory_id,)).fetchone()[0]
             conn.execute("DELETE FROM memory_vectors WHERE rowid = ?", (rowid,))
             conn.execute("INSERT INTO memory_vectors(rowid, embedding) VALUES (?, ?)", (rowid, vector_bytes(vector)))
+            vector_index(self.database, "memory_vectors").add([rowid], vector[None, :])
 
     def _duplicate_of(self, content: str, vector: np.ndarray | None) -> MemoryRecord | None:
         row = self.conn.execute("SELECT id FROM memories WHERE status = 'active' AND lower(content) = lower(?)",
                                 (content,)).fetchone()
         if row is None and vector is not None:
+            nearest = vector_index(self.database, "memory_vectors").search(vector, 8 + self._inactive())
             row = self.conn.execute(
-                "SELECT m.id FROM memory_vectors v JOIN memories m ON m.rowid = v.rowid "
-                "WHERE v.embedding MATCH ? AND k = 8 AND m.status = 'active' AND v.distance <= ? "
-                "ORDER BY v.distance LIMIT 1", (vector_bytes(vector), 1 - _DUPLICATE_SIMILARITY)).fetchone()
+                f"SELECT m.id FROM memories m JOIN memory_vectors v ON v.rowid = m.rowid WHERE m.status = 'active' "
+                f"AND m.rowid IN ({','.join('?' * len(nearest))}) AND vec_distance_cosine(v.embedding, ?) <= ? "
+                "ORDER BY vec_distance_cosine(v.embedding, ?) LIMIT 1",
+                (*nearest, vector_bytes(vector), 1 - _DUPLICATE_SIMILARITY, vector_bytes(vector))).fetchone()
         return None if row is None else self.get(row[0])
+
+    def _inactive(self) -> int:
+        return int(self.conn.execute("SELECT count(*) FROM memories WHERE status != 'active'").fetchone()[0])
 
     def embed_missing(self) -> int:
         """Compute vectors for messages and memories that lack one (after a crash, an import, a
-        model change); returns how many were added."""
+        model change); returns how many were added. Scans every row: run it at startup."""
         if self.embedder is None:
             return 0
         added = 0
-        for table, vectors in (("memories", "memory_vectors"), ("messages", "message_vectors")):
-            while True:
-                rows = self.conn.execute(
-                    f"SELECT rowid, content FROM {table} WHERE rowid NOT IN (SELECT rowid FROM {vectors}) "
-                    f"LIMIT {_EMBED_BATCH}").fetchall()
-                if not rows:
-                    break
-                embedded = self.embedder.embed([r[1] or " " for r in rows])
-                with self.database.write() as conn:
-                    conn.executemany(f"INSERT INTO {vectors}(rowid, embedding) VALUES (?, ?)",
-                                     [(r[0], vector_bytes(v)) for r, v in zip(rows, embedded, strict=True)])
-                added += len(rows)
+        for table, vectors, skip in (
+            ("memories", "memory_vectors", ""),
+            ("messages", "message_vectors",
+             " AND conversation_id NOT IN (SELECT id FROM conversations WHERE temporary = 1)"),
+        ):
+            rows = self.conn.execute(f"SELECT rowid, content FROM {table} "
+                                     f"WHERE rowid NOT IN (SELECT rowid FROM {vectors}){skip}").fetchall()
+            self._embed_rows(vectors, rows)
+            added += len(rows)
         return added
+
+    def embed_messages(self, messages: Sequence[Message]) -> None:
+        """Vectors for these messages (a finished turn), without scanning the table."""
+        if self.embedder is None or not messages:
+            return
+        rows = self.conn.execute(f"SELECT rowid, content FROM messages WHERE id IN ({','.join('?' * len(messages))})",
+                                 [m.id for m in messages]).fetchall()
+        self._embed_rows("message_vectors", rows)
+
+    def _embed_rows(self, vectors: str, rows: Sequence[Sequence[Any]]) -> None:
+        assert self.embedder is not None
+        index = vector_index(self.database, vectors)
+        for start in range(0, len(rows), _EMBED_BATCH):
+            chunk = rows[start:start + _EMBED_BATCH]
+            # One text per call: llama.cpp pads a batch to its longest text, so singles are faster.
+            embedded = np.stack([self.embedder.embed([r[1] or " "])[0] for r in chunk])
+            with self.database.write() as conn:
+                conn.executemany(f"DELETE FROM {vectors} WHERE rowid = ?", [(r[0],) for r in chunk])
+                conn.executemany(f"INSERT INTO {vectors}(rowid, embedding) VALUES (?, ?)",
+                                 [(r[0], vector_bytes(v)) for r, v in zip(chunk, embedded, strict=True)])
+            index.add([r[0] for r in chunk], embedded)
 
 
 def scrub_free_space(database: Database) -> None:
@@ -397,7 +424,7 @@ class MemoryHooks:
     def after_turn(self, conversation_id: str, messages: Sequence[Message]) -> None:
         """Vectors for the turn's messages, so other chats can recall them; the turn waits for `learn`."""
         if not self.store.is_temporary(conversation_id):
-            self.book.embed_missing()
+            self.book.embed_messages(messages)
         if self._enabled(conversation_id):
             self._to_learn_from.append((conversation_id, list(messages)))
 

@@ -177,6 +177,11 @@ class SqliteConversationStore:
 
     def delete_conversation(self, conversation_id: str) -> None:
         """Delete the conversation with its messages, their search index and vectors, and summaries."""
+        rowids = [r[0] for r in self.conn.execute("SELECT rowid FROM messages WHERE conversation_id = ?",
+                                                  (conversation_id,))]
+        index = self.database.caches.get("message_vectors")
+        if index is not None:
+            index.remove(rowids)  # type: ignore[attr-defined]
         with self.database.write() as conn:
             conn.execute("DELETE FROM messages WHERE conversation_id = ?", (conversation_id,))
             conn.execute("DELETE FROM conversations WHERE id = ?", (conversation_id,))

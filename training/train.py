@@ -50,7 +50,8 @@ class Batches(Protocol):
     """Training data as a pure function of the position, so resuming needs only the step."""
 
     def batch(self, index: int, rank: int, world_size: int) -> dict[str, Tensor]:
-        """Micro-batch `index` for `rank`: "input_ids" and "labels" [B, T] (labels -100 where not learned)."""
+        """Micro-batch `index` for `rank`: "input_ids" and "labels" [B, T]; labels[b, t] is the token
+        that should follow input_ids[b, t], or -100 where nothing is learned."""
         ...
 
     def held_out(self) -> Iterator[dict[str, Tensor]]:
@@ -183,10 +184,9 @@ class Trainer:
             ids, labels = batch["input_ids"].to(self.device), batch["labels"].to(self.device)
             with self._autocast():
                 logits = self.wrapped(ids).logits
-            shifted = labels[:, 1:]
-            nll += F.cross_entropy(logits[:, :-1].float().flatten(0, 1), shifted.flatten(), ignore_index=-100,
+            nll += F.cross_entropy(logits.float().flatten(0, 1), labels.flatten(), ignore_index=-100,
                                    reduction="sum").item()
-            count += int((shifted != -100).sum())
+            count += int((labels != -100).sum())
             n_bytes += int(batch.get("n_bytes", torch.tensor(0)).sum())
         if not count:
             return {}
@@ -300,8 +300,8 @@ def _restore_sync(module: Any) -> Iterator[None]:
 
 
 def _loss(logits: Tensor, labels: Tensor) -> Tensor:
-    """Next-token cross-entropy over the learned positions (labels -100 elsewhere)."""
-    return F.cross_entropy(logits[:, :-1].float().flatten(0, 1), labels[:, 1:].flatten(), ignore_index=-100)
+    """Next-token cross-entropy over the learned positions (labels are already the next tokens)."""
+    return F.cross_entropy(logits.float().flatten(0, 1), labels.flatten(), ignore_index=-100)
 
 
 def _distributed_setup() -> tuple[int, int]:

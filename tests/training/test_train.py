@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import dataclasses
+import datetime
 import errno
+import faulthandler
 import os
 import socket
 from collections.abc import Iterator
@@ -30,8 +32,8 @@ class Synthetic:
 
     def batch(self, index: int, rank: int, world_size: int) -> dict[str, torch.Tensor]:
         generator = torch.Generator().manual_seed(1000 + index * world_size + rank)
-        ids = torch.randint(0, 64, (self.rows, self.length), generator=generator)
-        return {"input_ids": ids, "labels": ids.clone()}
+        ids = torch.randint(0, 64, (self.rows, self.length + 1), generator=generator)
+        return {"input_ids": ids[:, :-1], "labels": ids[:, 1:]}
 
     def held_out(self) -> Iterator[dict[str, torch.Tensor]]:
         batch = self.batch(10**6, 0, 1)
@@ -134,8 +136,14 @@ def test_a_full_disk_while_checkpointing_leaves_the_previous_checkpoint(tmp_path
 
 
 def _ddp_rank(rank: int, output: str, port: int) -> None:
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), WORLD_SIZE="2", RANK=str(rank))
+    # gloo picks its network interface from the host name, which can hang in containers: use loopback.
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), WORLD_SIZE="2", RANK=str(rank),
+                      GLOO_SOCKET_IFNAME="lo")
     torch.set_num_threads(1)
+    # A stuck collective must fail the test with a stack trace, never hang the suite.
+    trace = (Path(output) / f"rank{rank}-stack.txt").open("w")
+    faulthandler.dump_traceback_later(90, exit=True, file=trace)
+    torch.distributed.init_process_group("gloo", timeout=datetime.timedelta(seconds=60))
     trainer = Trainer(MODEL, TrainConfig(steps=3, checkpoint_every=100, output=output), Synthetic(),
                       device=torch.device("cpu"))
     for _ in range(3):
@@ -144,6 +152,8 @@ def _ddp_rank(rank: int, output: str, port: int) -> None:
     if rank == 0:
         torch.save(_parameters(trainer), Path(output) / "ddp.pt")
     torch.distributed.destroy_process_group()
+    faulthandler.cancel_dump_traceback_later()
+    trace.close()
 
 
 def test_two_rank_ddp_on_gloo_equals_one_process(tmp_path: Path) -> None:
@@ -151,7 +161,11 @@ def test_two_rank_ddp_on_gloo_equals_one_process(tmp_path: Path) -> None:
     with socket.socket() as probe:  # a port nobody else is using right now
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
-    mp.spawn(_ddp_rank, args=(str(tmp_path / "ddp"), port), nprocs=2)
+    try:
+        mp.spawn(_ddp_rank, args=(str(tmp_path / "ddp"), port), nprocs=2)
+    except mp.ProcessExitedException:
+        stacks = "\n".join(p.read_text() for p in sorted((tmp_path / "ddp").glob("rank*-stack.txt")))
+        pytest.fail(f"a DDP rank did not finish:\n{stacks}")
     ddp = torch.load(tmp_path / "ddp" / "ddp.pt")
     # One process, two micro-batches per step: batch index i is (step i // 2, rank i % 2) of the DDP run.
     single = Trainer(MODEL, TrainConfig(steps=3, micro_batches=2, output=str(tmp_path / "one")), Synthetic())
