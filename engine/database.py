@@ -196,6 +196,11 @@ class Database:
         return Database(self.path, _connect(self.path), None)
 
     def close(self) -> None:
+        for cached in self.caches.values():
+            closer = getattr(cached, "close", None)
+            if closer is not None:
+                closer()
+        self.caches.clear()
         self.conn.close()
         if self._lock is not None:
             _unlock(self._lock)

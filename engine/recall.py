@@ -12,8 +12,10 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, replace
-from typing import Literal, Protocol
+from pathlib import Path
+from typing import Any, Literal, Protocol
 
 import numpy as np
 
@@ -61,6 +63,13 @@ def vector_bytes(vector: np.ndarray) -> bytes:
 
 
 class Recall:
+    """Searches on the caller's thread; the query's vector is computed meanwhile on a thread of its own.
+
+    Embedding the query (~10 ms) and the BM25 searches (up to ~20 ms at 100k messages) both run
+    outside the GIL, so overlapping them keeps recall within its budget. That thread owns its own
+    copy of the embedder (one llama.cpp model per thread, DESIGN.md decision 2).
+    """
+
     def __init__(self, database: Database, embedder: Embeds | None, weights: RecallWeights | None = None) -> None:
         self.database = database
         self.embedder = embedder
@@ -70,27 +79,33 @@ class Recall:
                memories: bool = True, messages: bool = True, mode: Mode = "hybrid") -> list[RecalledItem]:
         """The `k` best items for `query`, best first."""
         pool = max(50, 5 * k)
-        vector = self._embed(query) if mode != "bm25" and self.embedder is not None else None
+        pending = self._embed_soon(query) if mode != "bm25" and self.embedder is not None else None
         words = _keywords(query)
+        lexical = ([] if mode == "dense" or not memories else self._memory_bm25(words, pool),
+                   [] if mode == "dense" or not messages else self._message_bm25(words, pool, exclude_conversation))
+        vector = pending.result() if pending is not None else None
         scored: list[tuple[float, RecalledItem]] = []
         if memories:
-            scored += self._fuse(
-                self._memory_bm25(words, pool) if mode != "dense" else [],
-                self._memory_knn(vector, pool) if vector is not None else [],
-                self._memory_items,
-            )
+            dense = self._memory_knn(vector, pool) if vector is not None else []
+            scored += self._fuse(lexical[0], dense, self._memory_items)
         if messages:
-            scored += self._fuse(
-                self._message_bm25(words, pool, exclude_conversation) if mode != "dense" else [],
-                self._message_knn(vector, pool, exclude_conversation) if vector is not None else [],
-                self._message_items,
-            )
+            dense = self._message_knn(vector, pool, exclude_conversation) if vector is not None else []
+            scored += self._fuse(lexical[1], dense, self._message_items)
         scored.sort(key=lambda pair: pair[0], reverse=True)
         return [item for _, item in scored[:k]]
 
-    def _embed(self, text: str) -> np.ndarray:
+    def _embed_soon(self, text: str) -> Future[np.ndarray]:
         assert self.embedder is not None
-        return self.embedder.embed([text])[0]
+        path = getattr(self.embedder, "path", None)
+        if path is None:  # an embedder that cannot be copied: compute it now
+            done: Future[np.ndarray] = Future()
+            done.set_result(self.embedder.embed([text])[0])
+            return done
+        worker = self.database.caches.get("query_embedder")
+        if not isinstance(worker, QueryEmbedder):
+            worker = self.database.caches["query_embedder"] = QueryEmbedder(Path(path))
+        return worker.embed(text)
+
 
     def _fuse(self, bm25: list[int], dense: list[int], load: _Loader) -> list[tuple[float, RecalledItem]]:
         """Weighted reciprocal-rank fusion of two rankings of row ids, nudged by importance and age."""
@@ -189,3 +204,24 @@ def _keywords(query: str) -> list[str]:
     words = [w.strip('"') for w in fts_query(query).split(" OR ") if w]
     kept = [w for w in words if w.lower() not in _STOPWORDS]
     return kept or words
+
+
+class QueryEmbedder:
+    """A thread with its own copy of the embedder, for query vectors; closed with the database."""
+
+    def __init__(self, path: Path) -> None:
+        self._thread = ThreadPoolExecutor(1, thread_name_prefix="cleo-recall")
+        self._embedder = self._thread.submit(self._load, path).result()
+
+    @staticmethod
+    def _load(path: Path) -> Any:
+        from engine.llama_backend import Embedder
+
+        return Embedder(path, threads=1)
+
+    def embed(self, text: str) -> Future[np.ndarray]:
+        return self._thread.submit(lambda: self._embedder.embed([text])[0])
+
+    def close(self) -> None:
+        self._thread.submit(self._embedder.close).result()
+        self._thread.shutdown()

@@ -16,6 +16,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,7 +36,17 @@ from training.train import TrainConfig, Trainer
 
 log = logging.getLogger(__name__)
 
-SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+def _shared_data() -> Path:
+    """The project's licence-clean chat data: `$CLEO_SHARED_DATA`, or `shared/data` beside the checkout."""
+    if os.environ.get("CLEO_SHARED_DATA"):
+        return Path(os.environ["CLEO_SHARED_DATA"])
+    for folder in Path(__file__).resolve().parents:
+        if (folder / "shared" / "data").is_dir():
+            return folder / "shared" / "data"
+    return Path(__file__).resolve().parents[2] / "shared" / "data"  # named in the error when it is missing
+
+
+SHARED_DATA = _shared_data()
 FINE_TUNED_NAME = "cleo-moe-4x135m-chat"
 
 

@@ -44,9 +44,10 @@ from training.data import (
     split_examples,
     text_data,
 )
+from training.finetune import SHARED_DATA
 from training.tokenizer import Tokenizer, train_bpe
 
-DATA = Path(__file__).resolve().parents[3] / "shared" / "data"
+DATA = SHARED_DATA
 ROOT = Path(__file__).resolve().parents[2]
 FASTCHAT = DATA / "fastchat_dummy_conversation.json"
 ROLEPLAY = DATA / "gpteacher_roleplay.json"

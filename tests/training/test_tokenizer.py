@@ -15,6 +15,7 @@ from engine.errors import ModelFileInvalid
 from engine.gguf_header import read_header
 from engine.llama_backend import ChatModel
 from tests.conftest import DefaultModels, write_tiny_gguf
+from training.finetune import SHARED_DATA
 from training.tokenizer import (
     CHATML_SPECIAL_TOKENS,
     CHATML_TEMPLATE,
@@ -24,7 +25,7 @@ from training.tokenizer import (
     train_bpe,
 )
 
-DATA = Path(__file__).resolve().parents[3] / "shared" / "data"
+DATA = SHARED_DATA
 
 # Text that tokenizers get wrong first: scripts, combining marks, emoji sequences, digits of
 # every kind, unusual whitespace, contractions, control characters, special-token spellings.
