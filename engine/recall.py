@@ -142,7 +142,7 @@ class Recall:
         # Rank in the index alone first (joining every match before sorting is slow at 100k
         # messages), with room for the hits the filter below removes.
         ranked = [r[0] for r in self.database.conn.execute(
-            "SELECT rowid FROM messages_fts WHERE messages_fts MATCH ? ORDER BY rank LIMIT ?",
+            "SELECT rowid FROM messages_fts WHERE messages_fts MATCH ? ORDER BY bm25(messages_fts) LIMIT ?",
             (" OR ".join(f'"{w}"' for w in words), 2 * pool + self._excluded_messages(exclude))).fetchall()]
         return self._searchable_messages(ranked, exclude)[:pool]
 
@@ -160,9 +160,10 @@ class Recall:
         return self._searchable_messages(ranked, exclude)[:pool]
 
     def _excluded_messages(self, exclude: str | None) -> int:
+        # Through the conversation index: a join over every message took 16 ms at 100k.
         return int(self.database.conn.execute(
-            "SELECT count(*) FROM messages m JOIN conversations c ON c.id = m.conversation_id "
-            "WHERE c.temporary = 1 OR c.id IS ?", (exclude,)).fetchone()[0])
+            "SELECT count(*) FROM messages WHERE conversation_id IN "
+            "(SELECT id FROM conversations WHERE temporary = 1 OR id IS ?)", (exclude,)).fetchone()[0])
 
     def _searchable_messages(self, ranked: list[int], exclude: str | None) -> list[int]:
         """`ranked` without messages of temporary chats or of `exclude`, order kept."""
