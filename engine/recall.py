@@ -36,8 +36,8 @@ _STOPWORDS = frozenset({
 })
 
 
-# Row ids to (row id, item, importance).
-_Loader = Callable[[list[int]], Iterable[tuple[int, RecalledItem, float]]]
+# Row ids to (row id, item).
+_Loader = Callable[[list[int]], Iterable[tuple[int, RecalledItem]]]
 
 
 class Embeds(Protocol):
@@ -87,10 +87,10 @@ class Recall:
         scored: list[tuple[float, RecalledItem]] = []
         if memories:
             dense = self._memory_knn(vector, pool) if vector is not None else []
-            scored += self._fuse(lexical[0], dense, self._memory_items)
+            scored += self._fuse(lexical[0], dense, "memories", self._memory_items, k)
         if messages:
             dense = self._message_knn(vector, pool, exclude_conversation) if vector is not None else []
-            scored += self._fuse(lexical[1], dense, self._message_items)
+            scored += self._fuse(lexical[1], dense, "messages", self._message_items, k)
         scored.sort(key=lambda pair: pair[0], reverse=True)
         return [item for _, item in scored[:k]]
 
@@ -107,8 +107,10 @@ class Recall:
         return worker.embed(text)
 
 
-    def _fuse(self, bm25: list[int], dense: list[int], load: _Loader) -> list[tuple[float, RecalledItem]]:
-        """Weighted reciprocal-rank fusion of two rankings of row ids, nudged by importance and age."""
+    def _fuse(self, bm25: list[int], dense: list[int], table: str, load: _Loader,
+              k: int) -> list[tuple[float, RecalledItem]]:
+        """Weighted reciprocal-rank fusion of two rankings of row ids, nudged by importance and age;
+        the best `k`. Only their texts are read: a candidate may be a megabyte long."""
         w = self.weights
         fused: dict[int, float] = {}
         for weight, ranking in ((w.bm25, bm25), (w.dense, dense)):
@@ -116,14 +118,19 @@ class Recall:
                 fused[rowid] = fused.get(rowid, 0.0) + weight / (w.rank_offset + rank + 1)
         if not fused:
             return []
+        importance = "importance" if table == "memories" else str(_MESSAGE_IMPORTANCE)
+        facts = self.database.conn.execute(
+            f"SELECT rowid, created_at, {importance} FROM {table} WHERE rowid IN ({','.join('?' * len(fused))})",
+            list(fused)).fetchall()
         now = time.time()
-        result = []
-        for rowid, item, importance in load(list(fused)):
-            age_days = max(0.0, now - item.created_at) / 86400
-            boost = (1 + w.importance * importance) * (1 + w.recency * math.exp(-age_days / w.recency_days))
-            score = fused[rowid] * boost
-            result.append((score, replace(item, score=score)))
-        return result
+        scores = {}
+        for rowid, created_at, weight in facts:
+            age_days = max(0.0, now - created_at) / 86400
+            boost = (1 + w.importance * weight) * (1 + w.recency * math.exp(-age_days / w.recency_days))
+            scores[rowid] = fused[rowid] * boost
+        best = sorted(scores, key=scores.__getitem__, reverse=True)[:k]
+        items = {rowid: item for rowid, item in load(best)}
+        return [(scores[r], replace(items[r], score=scores[r])) for r in best if r in items]
 
     # --- the four retrievers: rowids, best first -------------------------------------------------
 
@@ -175,22 +182,21 @@ class Recall:
             (exclude, *ranked)).fetchall()
         return _in_order(ranked, rows)
 
-    # --- rows to items: (rowid, item, importance) ---------------------------------------------
+    # --- rows to items ----------------------------------------------------------------------------
 
-    def _memory_items(self, rowids: list[int]) -> Iterable[tuple[int, RecalledItem, float]]:
+    def _memory_items(self, rowids: list[int]) -> Iterable[tuple[int, RecalledItem]]:
         rows = self.database.conn.execute(
-            f"SELECT rowid, id, content, created_at, source_conversation_id, source_message_id, importance "
+            f"SELECT rowid, id, content, created_at, source_conversation_id, source_message_id "
             f"FROM memories WHERE rowid IN ({','.join('?' * len(rowids))})", rowids).fetchall()
         for r in rows:
-            yield r[0], RecalledItem("memory", r[2], 0.0, r[3], r[4], r[5], memory_id=r[1]), float(r[6])
+            yield r[0], RecalledItem("memory", r[2], 0.0, r[3], r[4], r[5], memory_id=r[1])
 
-    def _message_items(self, rowids: list[int]) -> Iterable[tuple[int, RecalledItem, float]]:
+    def _message_items(self, rowids: list[int]) -> Iterable[tuple[int, RecalledItem]]:
         rows = self.database.conn.execute(
             f"SELECT rowid, id, content, created_at, conversation_id, role, source_id "
             f"FROM messages WHERE rowid IN ({','.join('?' * len(rowids))})", rowids).fetchall()
         for r in rows:
-            item = RecalledItem("message", r[2], 0.0, r[3], r[4], r[1], role=r[5], source_id=r[6])
-            yield r[0], item, _MESSAGE_IMPORTANCE
+            yield r[0], RecalledItem("message", r[2], 0.0, r[3], r[4], r[1], role=r[5], source_id=r[6])
 
 
 _MESSAGE_IMPORTANCE = 0.5  # messages carry no importance of their own; a memory is rated around them
