@@ -18,16 +18,15 @@ import threading
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any
 
-import jinja2
 import llama_cpp
 import numpy as np
-from jinja2.sandbox import ImmutableSandboxedEnvironment
-from llama_cpp import _ggml, llama_chat_format, llama_grammar
+from llama_cpp import _ggml, llama_grammar
 
 from engine.catalog import read_model_info
-from engine.errors import ChatTemplateInvalid, ContextFull, GenerationFailed, ModelFileInvalid
+from engine.chat_template import ChatTemplate
+from engine.errors import ContextFull, GenerationFailed, ModelFileInvalid
 from engine.fit import Gpu, check_fits, plan_gpu_layers
 from engine.gguf_header import read_header
 from engine.kv_cache import KvSnapshot, common_prefix
@@ -112,10 +111,10 @@ class ChatModel:
         load = loader or _load
         self.path = path
         self.info = read_model_info(path)  # validates the header before llama.cpp sees the file
-        self._template = _compile_template(self.info.chat_template or _CHATML, path)
+        template_source = self.info.chat_template or _CHATML
         # Render a small conversation now, so a template that fails does so before llama.cpp loads
         # the file rather than in the middle of a chat.
-        _render_template(self._template, path, _SAMPLE_CHAT, bos="", eos="")
+        ChatTemplate(template_source, origin=str(path)).render(_SAMPLE_CHAT, add_generation_prompt=True)
         plan = plan_gpu_layers(self.info, context_size, gpu_layers, gpus() if gpus_found is None else gpus_found)
         self.notices = [plan.notice] if plan.notice else []  # what the user must hear about this load
         self.device = plan.device
@@ -146,6 +145,8 @@ class ChatModel:
         self._piece = ctypes.create_string_buffer(256)
         self._bos_text = self._token_text(self._llm.token_bos())
         self._eos_text = self._token_text(self._llm.token_eos())
+        self._template = ChatTemplate(template_source, bos_token=self._bos_text, eos_token=self._eos_text,
+                                      origin=str(path))
 
     @property
     def context_size(self) -> int:
@@ -175,17 +176,7 @@ class ChatModel:
 
     def render_chat(self, messages: Sequence[dict[str, str]]) -> str:
         """`messages` as the prompt text the model's own chat template makes of them."""
-        try:
-            return self._render(messages)
-        except ChatTemplateInvalid:
-            if len(messages) < 2 or messages[0]["role"] != "system":
-                raise
-            # Some templates refuse a system role; fold the instructions into the first message.
-            first = {"role": messages[1]["role"], "content": f"{messages[0]['content']}\n\n{messages[1]['content']}"}
-            return self._render([first, *messages[2:]])
-
-    def _render(self, messages: Sequence[dict[str, str]]) -> str:
-        return _render_template(self._template, self.path, messages, bos=self._bos_text, eos=self._eos_text)
+        return self._template.render(messages, add_generation_prompt=True)
 
     def chat_tokens(self, messages: Sequence[dict[str, str]]) -> list[int]:
         """The exact tokens the model reads for `messages`, ending where its reply begins."""
@@ -451,54 +442,8 @@ _PENALTY_LAST_N = 64  # llama.cpp's default window for the repeat penalty
 _RANDOM_SEED = 0xFFFFFFFF  # LLAMA_DEFAULT_SEED: llama.cpp picks a random seed
 
 
-class _StrictSandbox(ImmutableSandboxedEnvironment):
-    """Jinja's sandbox, failing at the first unsafe attribute instead of rendering it as empty."""
-
-    def unsafe_undefined(self, obj: Any, attribute: str) -> jinja2.Undefined:
-        raise jinja2.exceptions.SecurityError(f"access to {attribute!r} of a {type(obj).__name__} is unsafe")
-
-
-def _compile_template(template: str, path: Path) -> jinja2.Template:
-    """The chat template compiled in a sandbox that refuses access to Python internals."""
-    environment = _StrictSandbox(
-        loader=jinja2.BaseLoader(), trim_blocks=True, lstrip_blocks=True,
-        extensions=[llama_chat_format.Jinja2ChatFormatter.IgnoreGenerationTags, "jinja2.ext.loopcontrols"],
-    )
-    environment.filters["tojson"] = llama_chat_format.Jinja2ChatFormatter.tojson
-    try:
-        return environment.from_string(template)
-    except Exception as exc:  # syntax errors, and anything else compiling a stranger's template raises
-        raise ChatTemplateInvalid(f"The chat template in {path} is not a valid template ({exc}).",
-                                  hint="Choose another model, or one converted with a working chat template.") from exc
-
-
 _SAMPLE_CHAT = [{"role": "system", "content": "s"}, {"role": "user", "content": "u"},
                 {"role": "assistant", "content": "a"}, {"role": "user", "content": "u"}]
-
-
-def _render_template(template: jinja2.Template, path: Path, messages: Sequence[dict[str, str]],
-                     *, bos: str, eos: str) -> str:
-    try:
-        return str(template.render(
-            messages=list(messages), add_generation_prompt=True, bos_token=bos, eos_token=eos,
-            raise_exception=_raise_template_error, strftime_now=llama_chat_format.Jinja2ChatFormatter.strftime_now,
-        ))
-    except jinja2.exceptions.SecurityError as exc:
-        raise ChatTemplateInvalid(
-            f"The chat template in {path} tried to reach parts of Python a template must not touch ({exc}); "
-            "Cleo refused to run it.",
-            hint="Do not use this file; get the model from a source you trust.",
-        ) from exc
-    except Exception as exc:  # the template is code from the model file: its failures are the file's
-        raise ChatTemplateInvalid(
-            f"The chat template in {path} failed on this conversation ({type(exc).__name__}: {exc}).",
-            hint="Choose another model, or one converted with a working chat template.",
-        ) from exc
-
-
-def _raise_template_error(message: str) -> NoReturn:
-    """`raise_exception(...)`, which Hugging Face chat templates call to refuse a conversation."""
-    raise jinja2.exceptions.TemplateError(message)
 
 
 def _load(path: Path, **params: Any) -> llama_cpp.Llama:

@@ -35,18 +35,16 @@ import json
 import re
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-import jinja2
-import jinja2.ext
 import numpy as np
 import torch
 import yaml  # type: ignore[import-untyped]  # PyYAML (installed with gguf) has no type hints
-from jinja2.sandbox import ImmutableSandboxedEnvironment
 
+from engine.chat_template import ChatTemplate as SandboxedChatTemplate
 from engine.errors import ChatTemplateInvalid, KnownError
+from engine.kv_cache import common_prefix
 from training.tokenizer import CHATML_TEMPLATE, Tokenizer
 
 Message = dict[str, str]  # {"role": "system" | "user" | "assistant", "content": str}
@@ -508,46 +506,9 @@ def _clean_all(examples: list[Example], report: ReadReport, name: str) -> list[E
 # --- chat templates ---------------------------------------------------------------------------------------------
 
 
-class _StrictSandbox(ImmutableSandboxedEnvironment):
-    """Jinja's immutable sandbox, failing at the first unsafe attribute instead of rendering it as empty."""
-
-    def unsafe_undefined(self, obj: Any, attribute: str) -> jinja2.Undefined:
-        raise jinja2.exceptions.SecurityError(f"access to {attribute!r} of a {type(obj).__name__} is unsafe")
-
-
-class _GenerationTags(jinja2.ext.Extension):
-    """`{% generation %}...{% endgeneration %}` (Hugging Face's marker for assistant text) renders its body."""
-
-    tags = {"generation"}  # noqa: RUF012  # jinja2 declares it as a plain attribute
-
-    def parse(self, parser: Any) -> Any:
-        next(parser.stream)
-        return parser.parse_statements(("name:endgeneration",), drop_needle=True)
-
-
-def _raise_exception(message: str) -> None:
-    raise jinja2.exceptions.TemplateError(message)
-
-
-def _tojson(value: Any, indent: int | None = None, ensure_ascii: bool = False, sort_keys: bool = False) -> str:
-    return json.dumps(value, indent=indent, ensure_ascii=ensure_ascii, sort_keys=sort_keys)
-
-
-class ChatTemplate:
-    """A model's Jinja chat template, compiled in a sandbox and rendered as llama.cpp's Python bindings do
-    (`trim_blocks`, `lstrip_blocks`, `bos_token`/`eos_token`, `raise_exception`, `strftime_now`)."""
-
-    def __init__(self, source: str, *, bos_token: str = "", eos_token: str = "") -> None:
-        environment = _StrictSandbox(loader=jinja2.BaseLoader(), trim_blocks=True, lstrip_blocks=True,
-                                     extensions=[_GenerationTags, "jinja2.ext.loopcontrols"])
-        environment.filters["tojson"] = _tojson
-        try:
-            self._template = environment.from_string(source)
-        except jinja2.TemplateError as exc:
-            raise ChatTemplateInvalid(f"The chat template does not compile ({exc}).") from exc
-        self.source = source
-        self._globals = {"bos_token": bos_token, "eos_token": eos_token, "raise_exception": _raise_exception,
-                         "strftime_now": lambda fmt: datetime.now().strftime(fmt)}
+class ChatTemplate(SandboxedChatTemplate):
+    """The engine's sandboxed chat template (so training renders exactly what the app will), built
+    from a tokenizer's own template and special tokens."""
 
     @classmethod
     def for_tokenizer(cls, tokenizer: Tokenizer) -> ChatTemplate:
@@ -556,30 +517,6 @@ class ChatTemplate:
             return "" if token_id is None else tokenizer.token_bytes(token_id).decode("utf-8", "replace")
         return cls(tokenizer.chat_template or CHATML_TEMPLATE, bos_token=text(tokenizer.bos_id),
                    eos_token=text(tokenizer.eos_id))
-
-    def render(self, messages: Conversation, *, add_generation_prompt: bool = False) -> str:
-        """The text of `messages`; with `add_generation_prompt`, followed by the start of an assistant reply.
-
-        A template that refuses a system message gets it folded into the first user message, as
-        Cleo's engine does at inference.
-        """
-        try:
-            return self._render(messages, add_generation_prompt)
-        except ChatTemplateInvalid:
-            if len(messages) < 2 or messages[0]["role"] != "system":
-                raise
-            first = {"role": messages[1]["role"], "content": f"{messages[0]['content']}\n\n{messages[1]['content']}"}
-            return self._render([first, *messages[2:]], add_generation_prompt)
-
-    def _render(self, messages: Conversation, add_generation_prompt: bool) -> str:
-        try:
-            return str(self._template.render(messages=list(messages), add_generation_prompt=add_generation_prompt,
-                                             **self._globals))
-        except jinja2.exceptions.SecurityError as exc:
-            raise ChatTemplateInvalid(f"The chat template tried to reach Python internals ({exc}); refused.") from exc
-        except Exception as exc:  # a template is code from a model file: its failures are the template's
-            raise ChatTemplateInvalid(f"The chat template failed on a conversation ({type(exc).__name__}: {exc}).") \
-                from exc
 
 
 # --- tokenizing with a loss mask -------------------------------------------------------------------------------
@@ -623,7 +560,7 @@ def encode_chats(conversations: Sequence[Conversation], tokenizer: Tokenizer, te
         encoded = iter(tokenizer.encode_batch(texts))
         for full, cuts, spans in plans:
             ids = next(encoded)
-            token_at = {c: _common_prefix(ids, next(encoded)) for c in cuts}
+            token_at = {c: common_prefix(ids, next(encoded)) for c in cuts}
             out.append(_with_targets(full, ids, [(token_at[a], token_at[b]) for a, b in spans], tokenizer))
     return out
 
@@ -657,14 +594,6 @@ def _with_targets(full: str, ids: list[int], spans: list[tuple[int, int]], token
     # What follows the last answer teaches nothing and only takes room in a packed row.
     last = max((t for t, target in enumerate(targets) if target), default=-1)
     return TokenizedExample(ids[: last + 1], targets[: last + 1])
-
-
-def _common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
-    n = min(len(a), len(b))
-    for i in range(n):
-        if a[i] != b[i]:
-            return i
-    return n
 
 
 def document_end_id(tokenizer: Tokenizer) -> int:
