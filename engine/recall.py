@@ -21,7 +21,7 @@ import numpy as np
 
 from engine.database import Database
 from engine.events import RecalledItem
-from engine.store import fts_query
+from engine.store import any_of, query_words
 from engine.vectors import vector_index
 
 Mode = Literal["hybrid", "bm25", "dense"]
@@ -140,7 +140,7 @@ class Recall:
         rows = self.database.conn.execute(
             "SELECT m.rowid FROM memories_fts JOIN memories m ON m.rowid = memories_fts.rowid "
             "WHERE memories_fts MATCH ? AND m.status = 'active' ORDER BY bm25(memories_fts) LIMIT ?",
-            (" OR ".join(f'"{w}"' for w in words), pool)).fetchall()
+            (any_of(words), pool)).fetchall()
         return [r[0] for r in rows]
 
     def _message_bm25(self, words: list[str], pool: int, exclude: str | None) -> list[int]:
@@ -150,7 +150,7 @@ class Recall:
         # messages), with room for the hits the filter below removes.
         ranked = [r[0] for r in self.database.conn.execute(
             "SELECT rowid FROM messages_fts WHERE messages_fts MATCH ? ORDER BY bm25(messages_fts) LIMIT ?",
-            (" OR ".join(f'"{w}"' for w in words), 2 * pool + self._excluded_messages(exclude))).fetchall()]
+            (any_of(words), 2 * pool + self._excluded_messages(exclude))).fetchall()]
         return self._searchable_messages(ranked, exclude)[:pool]
 
     def _memory_knn(self, vector: np.ndarray, pool: int) -> list[int]:
@@ -208,7 +208,7 @@ def _in_order(ranked: list[int], rows: Iterable[Sequence[int]]) -> list[int]:
 
 
 def _keywords(query: str) -> list[str]:
-    words = [w.strip('"') for w in fts_query(query).split(" OR ") if w]
+    words = query_words(query)
     kept = [w for w in words if w.lower() not in _STOPWORDS]
     return kept or words
 

@@ -19,6 +19,7 @@ from typing import Any
 
 from engine.conversations import Conversation, ConversationMissing, Message
 from engine.database import Database
+from engine.vectors import forget_vectors
 
 _CONVERSATION_COLUMNS = "id, title, system_prompt, created_at, current_leaf_id"
 _MESSAGE_COLUMNS = "id, conversation_id, role, content, parent_id, created_at, finish_reason, model"
@@ -179,9 +180,7 @@ class SqliteConversationStore:
         """Delete the conversation with its messages, their search index and vectors, and summaries."""
         rowids = [r[0] for r in self.conn.execute("SELECT rowid FROM messages WHERE conversation_id = ?",
                                                   (conversation_id,))]
-        index = self.database.caches.get("message_vectors")
-        if index is not None:
-            index.remove(rowids)  # type: ignore[attr-defined]
+        forget_vectors(self.database, "message_vectors", rowids)
         with self.database.write() as conn:
             conn.execute("DELETE FROM messages WHERE conversation_id = ?", (conversation_id,))
             conn.execute("DELETE FROM conversations WHERE id = ?", (conversation_id,))
@@ -226,10 +225,20 @@ class SqliteConversationStore:
             self.delete_conversation(conversation_id)
 
 
-def fts_query(text: str) -> str:
-    """`text` as an FTS5 query of its words, any of which may match (quoted, so no syntax leaks in)."""
+def query_words(text: str) -> list[str]:
+    """The words of `text` as search terms: letters and digits only, so no FTS5 syntax leaks in."""
     words = ["".join(ch for ch in w if ch.isalnum()) for w in text.split()]
-    return " OR ".join(f'"{w}"' for w in words if w)
+    return [w for w in words if w]
+
+
+def any_of(words: list[str]) -> str:
+    """An FTS5 query matching any of `words`, each quoted."""
+    return " OR ".join(f'"{w}"' for w in words)
+
+
+def fts_query(text: str) -> str:
+    """`text` as an FTS5 query of its words, any of which may match."""
+    return any_of(query_words(text))
 
 
 def _compact_search_index(database: Database, table: str) -> None:

@@ -67,3 +67,10 @@ def vector_index(database: Database, table: str) -> VectorIndex:
     if not isinstance(index, VectorIndex):
         index = database.caches[table] = VectorIndex(database, table)
     return index
+
+
+def forget_vectors(database: Database, table: str, rowids: Sequence[int]) -> None:
+    """Take deleted rows out of the index, if it has been built (otherwise it never sees them)."""
+    index = database.caches.get(table)
+    if isinstance(index, VectorIndex):
+        index.remove(rowids)
