@@ -94,6 +94,13 @@ class MemoryBook:
             "ORDER BY pinned DESC, created_at", (status, kind, kind)).fetchall()
         return [_record(r) for r in rows]
 
+    def about_user(self, limit: int) -> list[MemoryRecord]:
+        """Pinned, profile and instruction memories, pinned first, then oldest first (a stable order)."""
+        rows = self.conn.execute(
+            f"SELECT {_COLUMNS} FROM memories WHERE status = 'active' AND (pinned = 1 OR kind IN "
+            "('profile', 'instruction')) ORDER BY pinned DESC, created_at LIMIT ?", (limit,)).fetchall()
+        return [_record(r) for r in rows]
+
     def derived_from(self, conversation_id: str) -> list[MemoryRecord]:
         """Memories learned from a conversation: what to ask about before deleting it."""
         rows = self.conn.execute(
@@ -375,17 +382,16 @@ class MemoryHooks:
     def pinned_block(self, conversation_id: str) -> str:
         if not self._enabled(conversation_id):
             return ""
-        known = [m for m in self.book.memories() if m.pinned or m.kind in ("profile", "instruction")]
-        known.sort(key=lambda m: (not m.pinned, m.created_at))  # stable order keeps the prompt's prefix
+        known = self.book.about_user(_PINNED_LIMIT)  # a stable order keeps the prompt's prefix
         if not known:
             return ""
-        lines = "\n".join(f"- {m.content}" for m in known[:_PINNED_LIMIT])
+        lines = "\n".join(f"- {m.content}" for m in known)
         return f"What you know about the user (from earlier conversations):\n{lines}"
 
     def context_for(self, conversation_id: str, user_text: str) -> Recollection:
         if not self._enabled(conversation_id):
             return Recollection()
-        shown = {m.id for m in self.book.memories() if m.pinned or m.kind in ("profile", "instruction")}
+        shown = {m.id for m in self.book.about_user(_PINNED_LIMIT)}  # already in the block above
         items = [i for i in self.recall.search(user_text, k=self.recall_k + len(shown),
                                                exclude_conversation=conversation_id)
                  if i.memory_id not in shown][: self.recall_k]
