@@ -13,18 +13,19 @@ import math
 import time
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Literal, Protocol
+from typing import Any, Literal, Protocol, TypeVar
 
 import numpy as np
 
 from engine.database import Database
 from engine.events import RecalledItem
 from engine.store import any_of, query_words
-from engine.vectors import vector_index
+from engine.vectors import VectorIndex, vector_index
 
 Mode = Literal["hybrid", "bm25", "dense"]
+T = TypeVar("T")
 
 # Words that match nearly everything and carry no topic; BM25 down-weights them, dropping is better.
 _STOPWORDS = frozenset({
@@ -79,33 +80,52 @@ class Recall:
                memories: bool = True, messages: bool = True, mode: Mode = "hybrid") -> list[RecalledItem]:
         """The `k` best items for `query`, best first."""
         pool = max(50, 5 * k)
-        pending = self._embed_soon(query) if mode != "bm25" and self.embedder is not None else None
+        # Nearest first, then filtered: ask for as many more as the filters could remove. The
+        # query's vector is on its way while the messages to exclude are counted.
+        wanted: Future[dict[str, tuple[VectorIndex, int]]] = Future()
+        pending = self._nearest_soon(query, wanted) if mode != "bm25" and self.embedder is not None else None
+        searches = {}
+        try:
+            excluded = self._excluded_messages(exclude_conversation) if messages else 0
+            if memories:
+                searches["memories"] = (vector_index(self.database, "memory_vectors"), _MEMORY_OVERFETCH * pool)
+            if messages:
+                searches["messages"] = (vector_index(self.database, "message_vectors"), pool + excluded)
+        finally:  # the query thread waits for this
+            wanted.set_result(searches)
         words = _keywords(query)
         lexical = ([] if mode == "dense" or not memories else self._memory_bm25(words, pool),
-                   [] if mode == "dense" or not messages else self._message_bm25(words, pool, exclude_conversation))
-        vector = pending.result() if pending is not None else None
+                   [] if mode == "dense" or not messages else self._message_bm25(words, pool, exclude_conversation,
+                                                                                 excluded))
+        nearest = pending.result() if pending is not None else {}
         scored: list[tuple[float, RecalledItem]] = []
         if memories:
-            dense = self._memory_knn(vector, pool) if vector is not None else []
+            dense = self._active_memories(nearest.get("memories", []))[:pool]
             scored += self._fuse(lexical[0], dense, "memories", self._memory_items, k)
         if messages:
-            dense = self._message_knn(vector, pool, exclude_conversation) if vector is not None else []
+            dense = self._searchable_messages(nearest.get("messages", []), exclude_conversation)[:pool]
             scored += self._fuse(lexical[1], dense, "messages", self._message_items, k)
         scored.sort(key=lambda pair: pair[0], reverse=True)
         return [item for _, item in scored[:k]]
 
-    def _embed_soon(self, text: str) -> Future[np.ndarray]:
+    def _nearest_soon(self, text: str,
+                      wanted: Future[dict[str, tuple[VectorIndex, int]]]) -> Future[dict[str, list[int]]]:
+        """Embeds `text` and searches the `wanted` indexes for that many of its neighbours each, on the
+        query thread when there is one: both overlap the BM25 searches (llama.cpp and numpy release
+        the GIL). A product over 100k message vectors takes ~10 ms on one core."""
         assert self.embedder is not None
+
+        def nearest(vector: np.ndarray) -> dict[str, list[int]]:
+            return {name: index.search(vector, want) for name, (index, want) in wanted.result().items()}
+
         path = getattr(self.embedder, "path", None)
-        if path is None:  # an embedder that cannot be copied: compute it now
-            done: Future[np.ndarray] = Future()
-            done.set_result(self.embedder.embed([text])[0])
-            return done
+        if path is None:  # an embedder that cannot be copied: compute it in `result()`
+            embedder = self.embedder
+            return _Later(lambda: nearest(embedder.embed([text])[0]))
         worker = self.database.caches.get("query_embedder")
         if not isinstance(worker, QueryEmbedder):
             worker = self.database.caches["query_embedder"] = QueryEmbedder(Path(path))
-        return worker.embed(text)
-
+        return worker.embed_then(text, nearest)
 
     def _fuse(self, bm25: list[int], dense: list[int], table: str, load: _Loader,
               k: int) -> list[tuple[float, RecalledItem]]:
@@ -132,39 +152,57 @@ class Recall:
         items = {rowid: item for rowid, item in load(best)}
         return [(scores[r], replace(items[r], score=scores[r])) for r in best if r in items]
 
-    # --- the four retrievers: rowids, best first -------------------------------------------------
+    # --- the retrievers: rowids, best first ----------------------------------------------------
 
     def _memory_bm25(self, words: list[str], pool: int) -> list[int]:
+        words = self._distinctive(words, "memories_fts")
         if not words:
             return []
-        rows = self.database.conn.execute(
-            "SELECT m.rowid FROM memories_fts JOIN memories m ON m.rowid = memories_fts.rowid "
-            "WHERE memories_fts MATCH ? AND m.status = 'active' ORDER BY bm25(memories_fts) LIMIT ?",
-            (any_of(words), pool)).fetchall()
-        return [r[0] for r in rows]
+        # Ranked in the index alone, then filtered, as for messages below.
+        ranked = [r[0] for r in self.database.conn.execute(
+            "SELECT rowid FROM memories_fts WHERE memories_fts MATCH ? ORDER BY bm25(memories_fts) LIMIT ?",
+            (any_of(words), _MEMORY_OVERFETCH * pool)).fetchall()]
+        return self._active_memories(ranked)[:pool]
 
-    def _message_bm25(self, words: list[str], pool: int, exclude: str | None) -> list[int]:
+    def _message_bm25(self, words: list[str], pool: int, exclude: str | None, excluded: int) -> list[int]:
+        words = self._distinctive(words, "messages_fts")
         if not words:
             return []
         # Rank in the index alone first (joining every match before sorting is slow at 100k
         # messages), with room for the hits the filter below removes.
         ranked = [r[0] for r in self.database.conn.execute(
             "SELECT rowid FROM messages_fts WHERE messages_fts MATCH ? ORDER BY bm25(messages_fts) LIMIT ?",
-            (any_of(words), 2 * pool + self._excluded_messages(exclude))).fetchall()]
+            (any_of(words), 2 * pool + excluded)).fetchall()]
         return self._searchable_messages(ranked, exclude)[:pool]
 
-    def _memory_knn(self, vector: np.ndarray, pool: int) -> list[int]:
-        inactive = self.database.conn.execute("SELECT count(*) FROM memories WHERE status != 'active'").fetchone()[0]
-        ranked = vector_index(self.database, "memory_vectors").search(vector, pool + inactive)
-        active = _in_order(ranked, self.database.conn.execute(
+    def _distinctive(self, words: list[str], table: str) -> list[str]:
+        """`words` without those found in more than `_COMMON_SHARE` of the rows, unless all are.
+
+        FTS5 scores every row that matches any word before it can sort, so one everyday word
+        ("good" in a tenth of 100k messages) costs ~10 ms while adding little to the ranking: its
+        BM25 weight is a third of a rare word's. Words found nowhere are dropped too. Counts are
+        cached per word and forgotten when the table has grown by a tenth.
+        """
+        rows = self.database.conn.execute(f"SELECT max(rowid) FROM {table}").fetchone()[0] or 0
+        cache = self.database.caches.get(f"{table}_counts")
+        if not isinstance(cache, _WordCounts) or rows > cache.rows * 1.1 or rows < cache.rows:
+            cache = self.database.caches[f"{table}_counts"] = _WordCounts(rows)
+        counts = {}
+        for word in dict.fromkeys(w.lower() for w in words):
+            if word not in cache.counts:
+                cache.counts[word] = self.database.conn.execute(
+                    f"SELECT count(*) FROM {table} WHERE {table} MATCH ?", (any_of([word]),)).fetchone()[0]
+            if cache.counts[word]:
+                counts[word] = cache.counts[word]
+        rare = [w for w, n in counts.items() if n <= _COMMON_SHARE * rows]
+        return rare or sorted(counts, key=counts.__getitem__)[:1]
+
+    def _active_memories(self, ranked: list[int]) -> list[int]:
+        if not ranked:
+            return []
+        return _in_order(ranked, self.database.conn.execute(
             f"SELECT rowid FROM memories WHERE status = 'active' AND rowid IN ({','.join('?' * len(ranked))})",
             ranked).fetchall())
-        return active[:pool]
-
-    def _message_knn(self, vector: np.ndarray, pool: int, exclude: str | None) -> list[int]:
-        # Nearest first, then filter: ask for as many more as the filter could remove.
-        ranked = vector_index(self.database, "message_vectors").search(vector, pool + self._excluded_messages(exclude))
-        return self._searchable_messages(ranked, exclude)[:pool]
 
     def _excluded_messages(self, exclude: str | None) -> int:
         # Through the conversation index: a join over every message took 16 ms at 100k.
@@ -200,6 +238,27 @@ class Recall:
 
 
 _MESSAGE_IMPORTANCE = 0.5  # messages carry no importance of their own; a memory is rated around them
+_MEMORY_OVERFETCH = 2  # candidates per memory wanted, so that superseded ones can be filtered out
+_COMMON_SHARE = 0.05  # a word in more rows than this is left out of BM25 queries (see `_distinctive`)
+
+
+class _Later(Future[T]):
+    """A future computed on the thread that asks for its result."""
+
+    def __init__(self, compute: Callable[[], T]) -> None:
+        super().__init__()
+        self._compute = compute
+
+    def result(self, timeout: float | None = None) -> T:
+        if not self.done():
+            self.set_result(self._compute())
+        return super().result(timeout)
+
+
+@dataclass
+class _WordCounts:
+    rows: int  # the table's largest rowid when counted
+    counts: dict[str, int] = field(default_factory=dict)
 
 
 def _in_order(ranked: list[int], rows: Iterable[Sequence[int]]) -> list[int]:
@@ -226,8 +285,9 @@ class QueryEmbedder:
 
         return Embedder(path, threads=1)
 
-    def embed(self, text: str) -> Future[np.ndarray]:
-        return self._thread.submit(lambda: self._embedder.embed([text])[0])
+    def embed_then(self, text: str, then: Callable[[np.ndarray], T]) -> Future[T]:
+        """`then(vector of text)`, on this thread."""
+        return self._thread.submit(lambda: then(self._embedder.embed([text])[0]))
 
     def close(self) -> None:
         self._thread.submit(self._embedder.close).result()

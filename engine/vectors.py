@@ -2,23 +2,35 @@
 
 sqlite-vec 0.1.9 searches by brute force without SIMD: ~57 ms for 100k messages (FACTS.md), over
 the recall budget. The vec0 tables stay the durable copy; this index holds the same vectors in
-one float32 matrix (1.5 KB per message) and answers with a single matrix-vector product, about
-10 ms at 100k. It is loaded on first use and kept in step by the code that writes vectors
-(`MemoryBook`); a row deleted behind its back only costs a slot, because recall joins every hit
-back to its table.
+one float32 matrix (1.5 KB per message) and answers with a matrix-vector product, ~10 ms at 100k
+on one core and split across the cores for a large index. It is loaded on first use and kept in
+step by the code that writes vectors (`MemoryBook`); a row deleted behind its back only costs a
+slot, because recall joins every hit back to its table.
+
+numpy's BLAS is held to one thread here, and the split is done by hand: OpenBLAS's own threads
+keep spinning after each product, which halved the speed of the SQL searches and the query
+embedding that run beside it (and would slow llama.cpp reading the prompt right after recall).
 """
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from functools import cache
+from itertools import pairwise
 
 import numpy as np
+from threadpoolctl import threadpool_limits
 
 from engine.database import EMBEDDING_DIMENSION, Database
+
+_ROWS_PER_PART = 25_000  # below this, splitting a product costs more than it saves
 
 
 class VectorIndex:
     def __init__(self, database: Database, table: str) -> None:
+        _single_threaded_blas()
         rows = database.conn.execute(f"SELECT rowid, embedding FROM {table}").fetchall()
         self._rowids = np.array([r[0] for r in rows], dtype=np.int64)  # [N]
         self._matrix = np.frombuffer(b"".join(r[1] for r in rows), dtype=np.float32).reshape(
@@ -48,17 +60,49 @@ class VectorIndex:
         self._flush()
         if not len(self._rowids) or k <= 0:
             return []
-        scores = self._matrix @ np.asarray(query, dtype=np.float32)  # [N]
-        k = min(k, len(scores))
-        top = np.argpartition(-scores, k - 1)[:k]
-        top = top[np.argsort(-scores[top])]
-        return [int(r) for r in self._rowids[top] if r >= 0]
+        vector = np.asarray(query, dtype=np.float32)
+        parts = min(_cores(), len(self._matrix) // _ROWS_PER_PART)
+        if parts < 2:
+            _, rows = _best(self._matrix, vector, k, 0)
+        else:  # numpy releases the GIL while it multiplies: each part on a core of its own
+            bounds = np.linspace(0, len(self._matrix), parts + 1).astype(int)
+            others = [_helpers().submit(_best, self._matrix[a:b], vector, k, a) for a, b in pairwise(bounds[1:])]
+            found = [_best(self._matrix[:bounds[1]], vector, k, 0), *(f.result() for f in others)]
+            _, rows = _best_of(np.concatenate([f[0] for f in found]), np.concatenate([f[1] for f in found]), k)
+        return [int(r) for r in self._rowids[rows] if r >= 0]
 
     def _flush(self) -> None:
         if self._pending_rowids:
             self._rowids = np.concatenate([self._rowids, np.array(self._pending_rowids, dtype=np.int64)])
             self._matrix = np.concatenate([self._matrix, np.stack(self._pending)])
             self._pending_rowids, self._pending = [], []
+
+
+def _best(matrix: np.ndarray, vector: np.ndarray, k: int, first_row: int) -> tuple[np.ndarray, np.ndarray]:
+    """Scores and row numbers (counted from `first_row`) of the `k` rows nearest `vector`, best first."""
+    return _best_of(matrix @ vector, np.arange(first_row, first_row + len(matrix)), k)
+
+
+def _best_of(scores: np.ndarray, rows: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    k = min(k, len(scores))
+    top = np.argpartition(-scores, k - 1)[:k]
+    top = top[np.argsort(-scores[top])]
+    return scores[top], rows[top]
+
+
+@cache
+def _cores() -> int:
+    return max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
+
+
+@cache
+def _helpers() -> ThreadPoolExecutor:
+    return ThreadPoolExecutor(_cores() - 1, thread_name_prefix="cleo-vectors")
+
+
+@cache
+def _single_threaded_blas() -> None:
+    threadpool_limits(limits=1, user_api="blas")
 
 
 def vector_index(database: Database, table: str) -> VectorIndex:
