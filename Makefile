@@ -6,7 +6,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 PIP    := $(BIN)/python -m pip
 
-.PHONY: run test lint models bench clean
+.PHONY: run test lint models bench screenshots clean
 
 run: $(VENV)/.installed-base models
 	$(BIN)/cleo
@@ -26,6 +26,11 @@ models: $(VENV)/.installed-base
 bench: $(VENV)/.installed-dev
 	@for name in $$(ls bench/*.py | xargs -n1 basename | sed 's/\.py$$//' | grep -v '^__init__$$'); do \
 		$(BIN)/python -m bench.$$name || exit 1; done
+
+# Under Xvfb when it is installed, else Qt's offscreen platform (same pixels, no window manager).
+screenshots: $(VENV)/.installed-base models
+	if command -v xvfb-run >/dev/null; then xvfb-run -a $(BIN)/python -m app.screenshots docs/screenshots; \
+	else QT_QPA_PLATFORM=offscreen $(BIN)/python -m app.screenshots docs/screenshots; fi
 
 # llama.cpp compiles during the first install (10-25 min; pip caches the wheel).
 # GGML_NATIVE=OFF keeps the build portable to other CPUs.

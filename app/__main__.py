@@ -11,11 +11,12 @@ import sys
 
 def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
+    if not args:
+        from app.gui import run
+
+        return run()
     from engine import cli
 
-    if not args:
-        # The desktop window arrives with issue 6; until then Cleo opens in the terminal.
-        args = ["chat"]
     return cli.main(args)
 
 

@@ -118,7 +118,7 @@ def _quantization(header: GGUFHeader) -> str:
 
 
 class ModelCatalog:
-    """The models in Cleo's models folder and in the folders the user added."""
+    """The models in Cleo's models folder and in the folders and files the user added."""
 
     def __init__(self, extra_folders: Iterable[Path] = ()) -> None:
         self.folders = [folders().models, *extra_folders]
@@ -129,7 +129,8 @@ class ModelCatalog:
         unusable: list[Unusable] = []
         seen: set[Path] = set()
         for folder in self.folders:
-            for path in sorted(folder.rglob("*.gguf")) if folder.is_dir() else []:
+            found = sorted(folder.rglob("*.gguf")) if folder.is_dir() else [folder] if folder.is_file() else []
+            for path in found:
                 real = path.resolve()
                 if real in seen:
                     continue

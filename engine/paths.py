@@ -9,6 +9,7 @@ builds them) and the app (which loads them) must agree on them.
 from __future__ import annotations
 
 import os
+import sys
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,6 +20,9 @@ from engine.errors import FolderNotWritable
 
 APP_NAME = "Cleo"
 HOME_VARIABLE = "CLEO_HOME"
+
+# Read-only data shipped with Cleo: beside the packages in a checkout, in the bundle when frozen.
+RESOURCES = Path(getattr(sys, "_MEIPASS", Path(__file__).resolve().parent.parent)) / "resources"
 
 DEFAULT_CHAT_MODEL_FILE = "cleo-moe-4x135m-q4_1.gguf"
 DEFAULT_EMBEDDING_MODEL_FILE = "all-minilm-l6-v2-f16.gguf"

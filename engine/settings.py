@@ -56,6 +56,10 @@ class Settings(BaseModel):
         -1, ge=-1, le=4096,
         description="Layers to put on the GPU; -1 means as many as fit, 0 means CPU only.",
     )
+    model_folders: tuple[str, ...] = Field(
+        (), max_length=100,
+        description="More folders (e.g. LM Studio's or GPT4All's) and GGUF files to list models from.",
+    )
     kv_cache_budget_mb: int = Field(
         1024, ge=0, le=262144,
         description="Memory for remembering other conversations' context so switching back is fast.",

@@ -145,6 +145,18 @@ class SqliteConversationStore:
             "ORDER BY created_at, rowid", (message.conversation_id, message.parent_id)).fetchall()
         return [_message(r) for r in rows]
 
+    def latest_leaf(self, message_id: str) -> str:
+        """The end of the branch through `message_id`, following the newest reply at each step:
+        where the window goes when the user picks another alternative of a message."""
+        leaf = message_id
+        for _ in range(1_000_000):  # a damaged loop ends
+            row = self.conn.execute("SELECT id FROM messages WHERE parent_id = ? ORDER BY created_at DESC, rowid DESC "
+                                    "LIMIT 1", (leaf,)).fetchone()
+            if row is None:
+                break
+            leaf = row[0]
+        return leaf
+
     # --- the sidebar ---------------------------------------------------------------------------
 
     def conversations(self, *, include_archived: bool = False) -> list[ConversationSummary]:

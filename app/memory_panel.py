@@ -1,0 +1,147 @@
+"""What Cleo remembers, where it learned it, and the inbox of things it would like to remember."""
+
+from __future__ import annotations
+
+import time
+
+from PySide6.QtCore import Qt, Signal
+from PySide6.QtWidgets import (
+    QHBoxLayout,
+    QInputDialog,
+    QLabel,
+    QListWidget,
+    QListWidgetItem,
+    QPushButton,
+    QTabWidget,
+    QTreeWidget,
+    QTreeWidgetItem,
+    QVBoxLayout,
+    QWidget,
+)
+
+from app.worker import MemoryState
+from engine.memory import MemoryRecord
+
+_ID = Qt.ItemDataRole.UserRole
+
+
+class MemoryPanel(QWidget):
+    actionRequested = Signal(str, str)  # "approve" / "reject" / "forget" / "pin" / "unpin", memory id
+    editRequested = Signal(str, str)  # memory id, new text
+    addRequested = Signal(str)  # text
+    sourceRequested = Signal(str, str)  # conversation id, message id
+
+    def __init__(self, parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self.setAccessibleName(self.tr("Memory"))
+        self._records: dict[str, MemoryRecord] = {}
+        self.tabs = QTabWidget(self)
+        self.remembered = QTreeWidget()
+        self.remembered.setHeaderLabels([self.tr("Kind"), self.tr("What Cleo remembers"), self.tr("Since")])
+        self.remembered.setRootIsDecorated(False)
+        self.remembered.setAccessibleName(self.tr("Remembered"))
+        self.remembered.setAccessibleDescription(self.tr("Everything Cleo remembers about you; pinned first."))
+        self.remembered.itemDoubleClicked.connect(lambda *_: self._edit())
+        self.inbox = QListWidget()
+        self.inbox.setAccessibleName(self.tr("Inbox"))
+        self.inbox.setAccessibleDescription(self.tr("Things Cleo proposes to remember; approve or reject each."))
+
+        self.add_button = self._button(self.tr("Add…"), self.tr("Tell Cleo something to remember"), self._add)
+        self.edit_button = self._button(self.tr("Edit…"), self.tr("Change the selected memory"), self._edit)
+        self.pin_button = self._button(self.tr("Pin"), self.tr("Always show the selected memory to Cleo"), self._pin)
+        self.forget_button = self._button(self.tr("Forget"), self.tr("Delete the selected memory"),
+                                          lambda: self._act("forget"))
+        self.source_button = self._button(self.tr("Go to source"), self.tr("Open the message it was learned from"),
+                                          self._source)
+        self.approve_button = self._button(self.tr("Approve"), self.tr("Remember the selected proposal"),
+                                           lambda: self._act_inbox("approve"))
+        self.reject_button = self._button(self.tr("Reject"), self.tr("Discard the selected proposal"),
+                                          lambda: self._act_inbox("reject"))
+
+        page = QWidget()
+        layout = QVBoxLayout(page)
+        layout.addWidget(self.remembered)
+        row = QHBoxLayout()
+        for b in (self.add_button, self.edit_button, self.pin_button, self.forget_button, self.source_button):
+            row.addWidget(b)
+        layout.addLayout(row)
+        self.tabs.addTab(page, self.tr("Remembered"))
+
+        page = QWidget()
+        layout = QVBoxLayout(page)
+        self.inbox_note = QLabel(self.tr("Nothing waiting for approval."))
+        layout.addWidget(self.inbox_note)
+        layout.addWidget(self.inbox)
+        row = QHBoxLayout()
+        row.addWidget(self.approve_button)
+        row.addWidget(self.reject_button)
+        layout.addLayout(row)
+        self.tabs.addTab(page, self.tr("Inbox"))
+        outer = QVBoxLayout(self)
+        outer.setContentsMargins(0, 0, 0, 0)
+        outer.addWidget(self.tabs)
+
+    def show_state(self, state: MemoryState) -> None:
+        self._records = {m.id: m for m in (*state.remembered, *state.inbox)}
+        self.remembered.clear()
+        for memory in sorted(state.remembered, key=lambda m: (not m.pinned, -m.updated_at)):
+            since = time.strftime("%Y-%m-%d", time.localtime(memory.created_at))
+            item = QTreeWidgetItem([memory.kind + (" 📌" if memory.pinned else ""), memory.content, since])
+            item.setData(0, _ID, memory.id)
+            item.setToolTip(1, memory.content)
+            self.remembered.addTopLevelItem(item)
+        self.remembered.resizeColumnToContents(0)
+        self.inbox.clear()
+        for memory in state.inbox:
+            entry = QListWidgetItem(f"{memory.content}  ({memory.kind})")
+            entry.setData(_ID, memory.id)
+            self.inbox.addItem(entry)
+        count = len(state.inbox)
+        self.tabs.setTabText(1, self.tr("Inbox (%n)", "", count) if count else self.tr("Inbox"))
+        self.inbox_note.setVisible(count == 0)
+
+    def selected(self) -> MemoryRecord | None:
+        item = self.remembered.currentItem()
+        return self._records.get(item.data(0, _ID)) if item is not None else None
+
+    def _button(self, text: str, description: str, action: object) -> QPushButton:
+        button = QPushButton(text)
+        button.setAccessibleName(text.rstrip("…"))
+        button.setAccessibleDescription(description)
+        button.setToolTip(description)
+        button.clicked.connect(action)
+        return button
+
+    def _act(self, action: str) -> None:
+        memory = self.selected()
+        if memory is not None:
+            self.actionRequested.emit(action, memory.id)
+
+    def _act_inbox(self, action: str) -> None:
+        item = self.inbox.currentItem()
+        if item is not None:
+            self.actionRequested.emit(action, item.data(_ID))
+
+    def _pin(self) -> None:
+        memory = self.selected()
+        if memory is not None:
+            self.actionRequested.emit("unpin" if memory.pinned else "pin", memory.id)
+
+    def _edit(self) -> None:
+        memory = self.selected()
+        if memory is None:
+            return
+        text, ok = QInputDialog.getMultiLineText(self, self.tr("Edit memory"), self.tr("What Cleo remembers:"),
+                                                 memory.content)
+        if ok and text.strip() and text.strip() != memory.content:
+            self.editRequested.emit(memory.id, text.strip())
+
+    def _add(self) -> None:
+        text, ok = QInputDialog.getMultiLineText(self, self.tr("Add a memory"), self.tr("What should Cleo remember?"))
+        if ok and text.strip():
+            self.addRequested.emit(text.strip())
+
+    def _source(self) -> None:
+        memory = self.selected()
+        if memory is not None and memory.source_conversation_id and memory.source_message_id:
+            self.sourceRequested.emit(memory.source_conversation_id, memory.source_message_id)

@@ -1,0 +1,224 @@
+"""The model manager: local models with what they are and whether they fit, folders to add, downloads.
+
+Downloads run on a thread of their own (the engine's thread may be busy writing a reply) and
+resume, report progress, can be cancelled, and are checked against the catalog's sha256 before
+the model is listed (`engine.downloads`).
+"""
+
+from __future__ import annotations
+
+import threading
+import traceback
+from pathlib import Path
+
+from PySide6.QtCore import QObject, Qt, QThread, Signal, Slot
+from PySide6.QtWidgets import (
+    QDialog,
+    QFileDialog,
+    QHBoxLayout,
+    QLabel,
+    QProgressBar,
+    QPushButton,
+    QTableWidget,
+    QTableWidgetItem,
+    QTabWidget,
+    QVBoxLayout,
+    QWidget,
+)
+
+from app.worker import ModelList
+from engine.catalog import ModelInfo
+from engine.downloads import CatalogEntry, download, read_catalog
+from engine.errors import KnownError
+from engine.fit import available_memory, estimate_need
+from engine.paths import folders
+
+_PATH = Qt.ItemDataRole.UserRole
+
+
+def fit_hint(info: ModelInfo, context_size: int, available: int | None) -> str:
+    need = estimate_need(info, context_size).total
+    if available is None:
+        return f"needs ~{need / 2**30:.1f} GB"
+    verdict = "fits" if need <= available else "too large"
+    return f"{verdict}: needs ~{need / 2**30:.1f} GB of {available / 2**30:.1f} GB free"
+
+
+class DownloadWorker(QObject):
+    progressed = Signal(str, int, int)  # file name, bytes so far, bytes in all
+    finished = Signal(str, str)  # file name, path of the checked file
+    failed = Signal(str, object)  # file name, KnownError
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.cancelled = threading.Event()
+
+    @Slot(object, str)
+    def fetch(self, entry: CatalogEntry, folder: str) -> None:
+        self.cancelled.clear()
+        try:
+            path = download(entry, Path(folder), cancelled=self.cancelled,
+                            progress=lambda done, total: self.progressed.emit(entry.file_name, done, total))
+        except KnownError as exc:
+            self.failed.emit(entry.file_name, exc)
+            return
+        except Exception:
+            self.failed.emit(entry.file_name, KnownError(f"Downloading {entry.name} hit a bug.",
+                                                         hint=traceback.format_exc(limit=3)))
+            return
+        self.finished.emit(entry.file_name, str(path))
+
+
+class ModelsDialog(QDialog):
+    useRequested = Signal(str)  # model path
+    foldersChanged = Signal(object)  # tuple of folders/files to list models from
+    _fetch = Signal(object, str)
+
+    def __init__(self, context_size: int, extra: tuple[str, ...], parent: QWidget | None = None, *,
+                 catalog: list[CatalogEntry] | None = None) -> None:
+        super().__init__(parent)
+        self.setWindowTitle(self.tr("Models"))
+        self.setAccessibleName(self.tr("Models"))
+        self.context_size = context_size
+        self.extra = extra
+        self.models: list[ModelInfo] = []
+        self.tabs = QTabWidget(self)
+        self.table = QTableWidget(0, 7)
+        self.table.setHorizontalHeaderLabels([self.tr(h) for h in (
+            "Name", "Architecture", "Experts", "Size", "Quantization", "Context", "Fit")])
+        self.table.setSelectionBehavior(QTableWidget.SelectionBehavior.SelectRows)
+        self.table.setEditTriggers(QTableWidget.EditTrigger.NoEditTriggers)
+        self.table.setAccessibleName(self.tr("Local models"))
+        self.message = QLabel()
+        self.message.setWordWrap(True)
+        add_file = self._button(self.tr("Add file…"), self.tr("List a GGUF file kept anywhere"), self._add_file)
+        add_folder = self._button(self.tr("Add folder…"), self.tr("List every GGUF in a folder, e.g. LM Studio's "
+                                                                   "or GPT4All's"), self._add_folder)
+        self.use_button = self._button(self.tr("Use this model"), self.tr("Chat with the selected model"), self._use)
+        page = QWidget()
+        layout = QVBoxLayout(page)
+        layout.addWidget(self.message)
+        layout.addWidget(self.table)
+        row = QHBoxLayout()
+        for b in (add_file, add_folder, self.use_button):
+            row.addWidget(b)
+        layout.addLayout(row)
+        self.tabs.addTab(page, self.tr("On this computer"))
+
+        try:
+            self.catalog = read_catalog() if catalog is None else catalog
+            catalog_note = "" if self.catalog else self.tr("This build's catalog lists no downloads.")
+        except KnownError as exc:
+            self.catalog, catalog_note = [], exc.user_text()
+        self.downloads = QTableWidget(len(self.catalog), 4)
+        self.downloads.setHorizontalHeaderLabels([self.tr(h) for h in ("Name", "Size", "Licence", "Progress")])
+        self.downloads.setAccessibleName(self.tr("Models to download"))
+        self.progress: dict[str, QProgressBar] = {}
+        for i, entry in enumerate(self.catalog):
+            for j, text in enumerate((entry.name, f"{entry.size / 2**30:.2f} GB", entry.licence)):
+                self.downloads.setItem(i, j, QTableWidgetItem(text))
+            bar = QProgressBar()
+            bar.setRange(0, 1000)
+            bar.setValue(0)
+            self.downloads.setCellWidget(i, 3, bar)
+            self.progress[entry.file_name] = bar
+        self.download_button = self._button(self.tr("Download"), self.tr("Download the selected model"), self._download)
+        self.cancel_button = self._button(self.tr("Cancel"), self.tr("Stop the download; it resumes later"),
+                                          self._cancel)
+        page = QWidget()
+        layout = QVBoxLayout(page)
+        self.download_note = QLabel(catalog_note)
+        self.download_note.setWordWrap(True)
+        layout.addWidget(self.download_note)
+        layout.addWidget(self.downloads)
+        row = QHBoxLayout()
+        row.addWidget(self.download_button)
+        row.addWidget(self.cancel_button)
+        layout.addLayout(row)
+        self.tabs.addTab(page, self.tr("Download"))
+        outer = QVBoxLayout(self)
+        outer.addWidget(self.tabs)
+        self.resize(820, 420)
+
+        self._thread = QThread(self)
+        self.fetcher = DownloadWorker()
+        self.fetcher.moveToThread(self._thread)
+        self._fetch.connect(self.fetcher.fetch)
+        self.fetcher.progressed.connect(self._on_progress)
+        self.fetcher.finished.connect(self._on_finished)
+        self.fetcher.failed.connect(self._on_failed)
+        self._thread.start()
+        self.finished.connect(lambda _: self.close_downloads())
+
+    def show_models(self, listed: ModelList) -> None:
+        self.models = list(listed.models)
+        available = available_memory()
+        self.table.setRowCount(len(self.models))
+        for i, info in enumerate(self.models):
+            experts = f"{info.experts_used} of {info.experts}" if info.is_moe else "—"
+            cells = (info.path.name, info.architecture, experts, f"{info.file_size / 2**30:.2f} GB",
+                     info.quantization, str(info.context_length), fit_hint(info, self.context_size, available))
+            for j, text in enumerate(cells):
+                item = QTableWidgetItem(text)
+                item.setData(_PATH, str(info.path))
+                item.setToolTip(str(info.path))
+                self.table.setItem(i, j, item)
+        self.table.resizeColumnsToContents()
+        broken = [f"{u.path.name}: {u.problem}" for u in listed.unusable]
+        self.message.setText(self.tr("Not usable: ") + "; ".join(broken) if broken else "")
+
+    def close_downloads(self) -> None:
+        self.fetcher.cancelled.set()
+        self._thread.quit()
+        self._thread.wait(5000)
+
+    def _button(self, text: str, description: str, action: object) -> QPushButton:
+        button = QPushButton(text)
+        button.setAccessibleName(text.rstrip("…"))
+        button.setAccessibleDescription(description)
+        button.setToolTip(description)
+        button.clicked.connect(action)
+        return button
+
+    def _use(self) -> None:
+        row = self.table.currentRow()
+        if 0 <= row < len(self.models):
+            self.useRequested.emit(str(self.models[row].path))
+
+    def _add_file(self) -> None:
+        path, _ = QFileDialog.getOpenFileName(self, self.tr("Add a model file"), str(Path.home()),
+                                              self.tr("GGUF models (*.gguf)"))
+        if path:
+            self.add_places(path)
+
+    def _add_folder(self) -> None:
+        path = QFileDialog.getExistingDirectory(self, self.tr("Add a folder of models"), str(Path.home()))
+        if path:
+            self.add_places(path)
+
+    def add_places(self, *paths: str) -> None:
+        self.extra = tuple(dict.fromkeys((*self.extra, *paths)))
+        self.foldersChanged.emit(self.extra)
+
+    def _download(self) -> None:
+        row = self.downloads.currentRow()
+        if 0 <= row < len(self.catalog):
+            self.download_note.setText(self.tr("Downloading %1…").replace("%1", self.catalog[row].name))
+            self._fetch.emit(self.catalog[row], str(folders().models))
+
+    def _cancel(self) -> None:
+        self.fetcher.cancelled.set()
+
+    @Slot(str, int, int)
+    def _on_progress(self, name: str, done: int, total: int) -> None:
+        if name in self.progress and total:
+            self.progress[name].setValue(int(1000 * done / total))
+
+    @Slot(str, str)
+    def _on_finished(self, name: str, path: str) -> None:
+        self.download_note.setText(self.tr("Downloaded and checked: %1").replace("%1", path))
+        self.foldersChanged.emit(self.extra)  # lists it
+
+    @Slot(str, object)
+    def _on_failed(self, name: str, error: KnownError) -> None:
+        self.download_note.setText(error.user_text())

@@ -1,0 +1,131 @@
+"""Messages to the HTML subset QTextBrowser shows: Markdown prose, code highlighted by pygments.
+
+Written for what chat models produce: paragraphs, headings, lists, quotes, bold, italics, inline
+code, links and fenced code blocks. Everything the model wrote is escaped first, so a reply can
+never inject markup. Links Cleo adds (copy, regenerate, ...) use the `cleo:` scheme; the view
+handles them, and opens http(s) links in the browser.
+"""
+
+from __future__ import annotations
+
+import html
+import re
+from dataclasses import dataclass
+
+from pygments import highlight
+from pygments.formatters import HtmlFormatter
+from pygments.lexers import TextLexer, get_lexer_by_name, guess_lexer
+from pygments.util import ClassNotFound
+
+_FENCE = re.compile(r"^```\s*([\w+#.-]*)\s*$")
+_INLINE = re.compile(r"`([^`]+)`|\*\*(.+?)\*\*|(?<![\w*])\*(?!\s)(.+?)(?<!\s)\*(?![\w*])|\[([^\]]+)\]\((https?://[^\s)]+)\)"
+                     r"|(https?://[^\s<]+[^\s<.,;:!?)])")
+_LIST_ITEM = re.compile(r"^(\s*)([-*+]|\d+[.)])\s+(.*)$")
+_HEADING = re.compile(r"^(#{1,6})\s+(.*)$")
+
+
+@dataclass(frozen=True)
+class Palette:
+    code_style: str  # a pygments style
+    code_background: str
+    muted: str  # dates, footers
+    user_background: str
+
+
+LIGHT = Palette("friendly", "#f4f4f4", "#6b6b6b", "#eef3fb")
+DARK = Palette("monokai", "#272822", "#a0a0a0", "#2a3242")
+
+
+@dataclass
+class Rendered:
+    html: str
+    code_blocks: list[str]  # their text, for "Copy" links numbered from `first_code`
+
+
+def render_markdown(text: str, palette: Palette, *, first_code: int = 0) -> Rendered:
+    """`text` (Markdown, as a model writes it) as HTML; a still-open code fence renders as code."""
+    out: list[str] = []
+    codes: list[str] = []
+    paragraph: list[str] = []
+    items: list[tuple[bool, str]] = []  # (ordered, html) of the list being read
+    lines = text.replace("\r\n", "\n").split("\n")
+
+    def flush() -> None:
+        if paragraph:
+            out.append("<p>" + "<br>".join(_inline(line) for line in paragraph) + "</p>")
+            paragraph.clear()
+        if items:
+            tag = "ol" if items[0][0] else "ul"
+            out.append(f"<{tag}>" + "".join(f"<li>{body}</li>" for _, body in items) + f"</{tag}>")
+            items.clear()
+
+    i = 0
+    while i < len(lines):
+        line = lines[i]
+        fence = _FENCE.match(line.strip())
+        if fence:
+            flush()
+            code_lines = []
+            i += 1
+            while i < len(lines) and not lines[i].strip().startswith("```"):
+                code_lines.append(lines[i])
+                i += 1
+            code = "\n".join(code_lines)
+            out.append(_code_block(code, fence.group(1), palette, first_code + len(codes)))
+            codes.append(code)
+        elif not line.strip():
+            flush()
+        elif heading := _HEADING.match(line):
+            flush()
+            level = min(len(heading.group(1)) + 2, 6)  # headings inside a message stay modest
+            out.append(f"<h{level}>{_inline(heading.group(2))}</h{level}>")
+        elif item := _LIST_ITEM.match(line):
+            if paragraph:
+                flush()
+            items.append((item.group(2)[0].isdigit(), _inline(item.group(3))))
+        elif line.startswith(">"):
+            flush()
+            out.append(f"<blockquote>{_inline(line.lstrip('> '))}</blockquote>")
+        elif items:  # a continuation of the last list item
+            ordered, body = items[-1]
+            items[-1] = (ordered, body + " " + _inline(line.strip()))
+        else:
+            paragraph.append(line)
+        i += 1
+    flush()
+    return Rendered("".join(out), codes)
+
+
+def _inline(text: str) -> str:
+    parts: list[str] = []
+    last = 0
+    for m in _INLINE.finditer(text):
+        parts.append(html.escape(text[last:m.start()]))
+        code, bold, italic, label, url, bare = m.groups()
+        if code is not None:
+            parts.append(f"<code>{html.escape(code)}</code>")
+        elif bold is not None:
+            parts.append(f"<b>{_inline(bold)}</b>")
+        elif italic is not None:
+            parts.append(f"<i>{_inline(italic)}</i>")
+        elif label is not None:
+            parts.append(f'<a href="{html.escape(url, quote=True)}">{html.escape(label)}</a>')
+        else:
+            parts.append(f'<a href="{html.escape(bare, quote=True)}">{html.escape(bare)}</a>')
+        last = m.end()
+    parts.append(html.escape(text[last:]))
+    return "".join(parts)
+
+
+def _code_block(code: str, language: str, palette: Palette, number: int) -> str:
+    try:
+        lexer = get_lexer_by_name(language) if language else guess_lexer(code) if len(code) > 40 else TextLexer()
+    except ClassNotFound:
+        lexer = TextLexer()
+    formatter = HtmlFormatter(style=palette.code_style, noclasses=True, nowrap=True)
+    body = highlight(code, lexer, formatter).rstrip("\n")
+    label = html.escape(language or lexer.name.lower())
+    return (f'<table width="100%" cellpadding="8" style="background-color:{palette.code_background}; margin: 4px 0">'
+            f'<tr><td><span style="color:{palette.muted}">{label}</span> &nbsp; '
+            f'<a href="cleo:copy-code/{number}">Copy</a></td></tr>'
+            f'<tr><td><pre style="font-family: monospace; white-space: pre-wrap">{body}</pre></td></tr></table>')

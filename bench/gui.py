@@ -1,0 +1,163 @@
+"""The window's responsiveness, offscreen, on this machine. Prints JSON lines (`"bench": "gui"`).
+
+(1) First paint of a 1,000-message conversation: from `show_conversation` until the chat view has
+    painted (target <= 200 ms); a 10-message conversation is measured in the same run as the
+    baseline.
+(2) The GUI thread's worst stall while a reply streams, with the 1,000-message conversation open:
+    a 2 ms heartbeat timer on the GUI thread records the longest gap between its ticks.
+    (a) a scripted stream: a plain thread emits 100 tokens a second through a queued signal, as
+        the engine worker does; (b) the real default model through the real `EngineWorker`
+        (its speed is whatever this machine gives). Target <= 25 ms for both; the heartbeat's gap
+        with nothing streaming is the baseline.
+
+Run with `QT_QPA_PLATFORM=offscreen python -m bench.gui` (needs the default models: `make models`).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+import time
+from collections.abc import Callable
+
+os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
+
+from PySide6.QtCore import QCoreApplication, QObject, QTimer, Signal
+from PySide6.QtWidgets import QApplication
+
+from app.chat_view import ChatView
+from app.main_window import MainWindow
+from app.worker import ConversationView, EngineWorker
+from engine.conversations import Message
+from engine.events import Done, Started, Token
+from engine.settings import Settings
+
+FIRST_PAINT_TARGET_MS = 200.0
+STALL_TARGET_MS = 25.0
+HEARTBEAT_MS = 2
+
+
+def emit(**row: object) -> None:
+    print(json.dumps({"bench": "gui", **row}), flush=True)
+
+
+def conversation(count: int) -> ConversationView:
+    messages = []
+    for i in range(count):
+        if i % 2 == 0:
+            text = f"Question {i}: how do I sort a list of dicts by a key in Python?"
+        else:
+            text = (f"Answer {i}: use **sorted** with a key function.\n\n```python\nrows = sorted(rows, "
+                    f"key=lambda r: r['age'])\n```\n\n- it returns a new list\n- `list.sort` sorts in place")
+        messages.append(Message(f"m{i}", "c", "user" if i % 2 == 0 else "assistant", text,
+                                f"m{i - 1}" if i else None, 1.7e9 + i, "stop" if i % 2 else ""))
+    return ConversationView("c", "A long chat", tuple(messages))
+
+
+def first_paint_ms(view: ChatView, chat: ConversationView) -> float:
+    view.show_conversation(None)
+    QCoreApplication.processEvents()
+    start = time.perf_counter()
+    view.show_conversation(chat)
+    view.viewport().repaint()
+    QCoreApplication.processEvents()
+    return (time.perf_counter() - start) * 1000
+
+
+class Heartbeat:
+    """The longest gap between ticks of a GUI-thread timer, beyond its own interval."""
+
+    def __init__(self) -> None:
+        self.timer = QTimer()
+        self.timer.setInterval(HEARTBEAT_MS)
+        self.timer.timeout.connect(self._tick)
+        self.worst = 0.0
+        self._last = 0.0
+
+    def _tick(self) -> None:
+        now = time.perf_counter()
+        if self._last:
+            self.worst = max(self.worst, (now - self._last) * 1000 - HEARTBEAT_MS)
+        self._last = now
+
+    def run_until(self, done: Callable[[], bool], timeout: float) -> float:
+        self.worst, self._last = 0.0, 0.0
+        self.timer.start()
+        end = time.monotonic() + timeout
+        while not done() and time.monotonic() < end:
+            QCoreApplication.processEvents()
+            time.sleep(0.0005)
+        self.timer.stop()
+        return self.worst
+
+
+class ScriptedStream(QObject):
+    happened = Signal(str, object)
+
+
+def scripted_stall(window: MainWindow, tokens: int = 300, rate: float = 100.0) -> float:
+    stream = ScriptedStream()
+    stream.happened.connect(window.controller._on_event)  # queued: emitted from another thread
+    finished = threading.Event()
+
+    def produce() -> None:
+        stream.happened.emit("c", Started("c", "u", "r"))
+        for i in range(tokens):
+            time.sleep(1 / rate)
+            stream.happened.emit("c", Token(f"word{i} " if i % 12 else f"word{i}\n\n"))
+        stream.happened.emit("c", Done("r", "stop"))
+        finished.set()
+
+    producer = threading.Thread(target=produce)
+    producer.start()
+    worst = Heartbeat().run_until(finished.is_set, timeout=30)
+    producer.join()
+    return worst
+
+
+def main() -> None:
+    app = QApplication.instance() or QApplication([])
+    settings = Settings(threads=1, context_size=2048, max_tokens=200, temperature=0.7, seed=3)
+    window = MainWindow(settings, EngineWorker(settings))
+    window.resize(1100, 720)
+    window.show()
+    QCoreApplication.processEvents()
+
+    long_chat, short_chat = conversation(1000), conversation(10)
+    for name, chat in (("10_messages", short_chat), ("1000_messages", long_chat)):
+        runs = sorted(first_paint_ms(window.chat, chat) for _ in range(5))
+        emit(measure="first_paint", conversation=name, median_ms=round(runs[2], 1), worst_ms=round(runs[-1], 1))
+        if name == "1000_messages":
+            paint = runs[2]
+
+    window.chat.show_conversation(long_chat)
+    window.controller.current = "c"
+    idle = Heartbeat().run_until(lambda: False, timeout=2)
+    emit(measure="gui_stall", stream="none (baseline)", worst_ms=round(idle, 1))
+    scripted = scripted_stall(window)
+    emit(measure="gui_stall", stream="scripted, 100 tokens/s", worst_ms=round(scripted, 1))
+
+    window.start()  # the real engine on its thread
+    heartbeat = Heartbeat()
+    heartbeat.run_until(lambda: window.model_state is not None, timeout=120)
+    window.controller.new_chat()
+    QCoreApplication.processEvents()
+    started = time.perf_counter()
+    window.controller.send("Write a short story about a lighthouse keeper and a storm.")
+    heartbeat.run_until(lambda: window.controller.busy, timeout=10)
+    real = heartbeat.run_until(lambda: not window.controller.busy, timeout=120)
+    seconds = time.perf_counter() - started
+    words = len(window.controller.last_reply().split())
+    emit(measure="gui_stall", stream="real default model", worst_ms=round(real, 1), reply_words=words,
+         seconds=round(seconds, 1), speed=window.speed_label.text())
+    window.close()
+    emit(measure="summary", first_paint_1000_ms=round(paint, 1), first_paint_target_ms=FIRST_PAINT_TARGET_MS,
+         first_paint_met=paint <= FIRST_PAINT_TARGET_MS, stall_scripted_ms=round(scripted, 1),
+         stall_real_ms=round(real, 1), stall_target_ms=STALL_TARGET_MS,
+         stall_met=max(scripted, real) <= STALL_TARGET_MS)
+    app.quit()
+
+
+if __name__ == "__main__":
+    main()
