@@ -22,7 +22,7 @@ REPAINT_MS = 50  # at most 20 repaints a second while a reply streams
 
 class ChatController(QObject):
     # to the worker (queued: the worker lives on its own thread)
-    _send = Signal(str, str, bool)
+    _send = Signal(str, str, bool, str)
     _regenerate = Signal(str, str)
     _edit = Signal(str, str, str)
     _open = Signal(str)
@@ -35,6 +35,7 @@ class ChatController(QObject):
     _memory_add = Signal(str, str)
     _list_models = Signal()
     _use_model = Signal(str)
+    _use_model_in_chat = Signal(str, str)
     _apply_settings = Signal(object)
     _shutdown = Signal()
 
@@ -51,7 +52,9 @@ class ChatController(QObject):
         self.view = view
         self.current: str = ""  # the conversation shown; "" is a new chat not yet sent
         self.new_chat_temporary = False
+        self.new_chat_instructions = ""  # a persona's instructions for the new chat; "" for the settings'
         self.busy = False
+        self.ready = False  # a model is loaded
         self._streaming: tuple[str, str] | None = None  # conversation id, reply id
         self._text = ""
         self._dirty = False
@@ -65,6 +68,7 @@ class ChatController(QObject):
                              (self._search, worker.search), (self._memory_action, worker.changeMemory),
                              (self._memory_edit, worker.editMemory), (self._memory_add, worker.addMemory),
                              (self._list_models, worker.listModels), (self._use_model, worker.useModel),
+                             (self._use_model_in_chat, worker.useModelInChat),
                              (self._apply_settings, worker.applySettings), (self._shutdown, worker.shutdown)):
             signal.connect(slot)
         self._thread.started.connect(worker.start)
@@ -72,6 +76,7 @@ class ChatController(QObject):
         worker.conversationLoaded.connect(self._on_loaded)
         worker.conversationStarted.connect(self._on_started)
         worker.busyChanged.connect(self._on_busy)
+        worker.ready.connect(self._on_ready)
         view.regenerateRequested.connect(self.regenerate)
         view.alternativeRequested.connect(self._alternative)
         self._repaint = QTimer(self)
@@ -96,11 +101,12 @@ class ChatController(QObject):
     # --- intents ----------------------------------------------------------------------------------------
 
     def send(self, text: str) -> bool:
-        """Send `text` in the open chat; False (nothing sent) when it is blank or a reply is running."""
-        if not text.strip() or self.busy:
+        """Send `text` in the open chat; False (nothing sent) when it is blank, a reply is running or no
+        model is loaded."""
+        if not text.strip() or self.busy or not self.ready:
             return False
         self.view.append_user_message(text)
-        self._send.emit(self.current, text, self.new_chat_temporary)
+        self._send.emit(self.current, text, self.new_chat_temporary, self.new_chat_instructions)
         return True
 
     def stop(self) -> None:
@@ -118,6 +124,7 @@ class ChatController(QObject):
     def open(self, conversation_id: str) -> None:
         self.current = conversation_id
         self.new_chat_temporary = False
+        self.new_chat_instructions = ""
         if not conversation_id:
             self.view.show_conversation(None)
             self.currentChanged.emit(None)
@@ -126,6 +133,13 @@ class ChatController(QObject):
     def new_chat(self, *, temporary: bool = False) -> None:
         self.open("")
         self.new_chat_temporary = temporary
+
+    def use_instructions(self, instructions: str) -> None:
+        """The open chat follows `instructions` from now on ("" for the settings' system prompt)."""
+        if self.current:
+            self.change_conversation(self.current, system_prompt=instructions or None)
+        else:
+            self.new_chat_instructions = instructions
 
     def change_conversation(self, conversation_id: str, **changes: Any) -> None:
         self._change.emit(conversation_id, changes)
@@ -153,6 +167,10 @@ class ChatController(QObject):
     def use_model(self, path: str) -> None:
         self._use_model.emit(path)
 
+    def use_model_in_chat(self, path: str) -> None:
+        if self.current:
+            self._use_model_in_chat.emit(self.current, path)
+
     def apply_settings(self, settings: Settings) -> None:
         self._apply_settings.emit(settings)
 
@@ -169,6 +187,10 @@ class ChatController(QObject):
     def _on_started(self, conversation_id: str) -> None:
         if self.current == "":
             self.current = conversation_id
+
+    @Slot(object)
+    def _on_ready(self, _: object) -> None:
+        self.ready = True
 
     @Slot(bool)
     def _on_busy(self, busy: bool) -> None:

@@ -16,6 +16,7 @@ from PySide6.QtGui import QAction, QCloseEvent, QColor, QGuiApplication, QKeyEve
 from PySide6.QtWidgets import (
     QApplication,
     QCheckBox,
+    QComboBox,
     QDockWidget,
     QHBoxLayout,
     QInputDialog,
@@ -145,6 +146,11 @@ class MainWindow(QMainWindow):
         self.memory_switch.setAccessibleDescription(self.tr("Let Cleo remember and recall things in this chat"))
         self.memory_switch.setChecked(True)
         self.memory_switch.toggled.connect(self._memory_toggled)
+        self.persona = QComboBox()
+        self.persona.setAccessibleName(self.tr("Instructions for this chat"))
+        self.persona.setAccessibleDescription(self.tr("The default instructions from the settings, or a saved persona"))
+        self.persona.setToolTip(self.persona.accessibleDescription())
+        self.persona.activated.connect(lambda _: self.controller.use_instructions(self.persona.currentData() or ""))
         self.composer = Composer(self)
         self.send_button = QPushButton(self.tr("Send"))
         self.send_button.setAccessibleName(self.tr("Send"))
@@ -152,6 +158,7 @@ class MainWindow(QMainWindow):
         self.send_button.clicked.connect(self._send_or_stop)
         top = QHBoxLayout()
         top.addWidget(self.title, 1)
+        top.addWidget(self.persona)
         top.addWidget(self.memory_switch)
         bottom = QHBoxLayout()
         bottom.addWidget(self.composer, 1)
@@ -196,6 +203,7 @@ class MainWindow(QMainWindow):
         self._connect(worker)
         self._apply_look(settings)
         self._restore_state()
+        self._show_personas(None)
         self._set_busy(False)
 
     # --- wiring -----------------------------------------------------------------------------------------------
@@ -342,6 +350,7 @@ class MainWindow(QMainWindow):
         if self.models_dialog is None:
             self.models_dialog = ModelsDialog(self.settings.context_size, self.settings.model_folders, self)
             self.models_dialog.useRequested.connect(self.controller.use_model)
+            self.models_dialog.useInChatRequested.connect(self.controller.use_model_in_chat)
             self.models_dialog.foldersChanged.connect(
                 lambda places: self.controller.apply_settings(self.settings.updated(model_folders=tuple(places))))
         self.models_dialog.show()
@@ -404,6 +413,7 @@ class MainWindow(QMainWindow):
 
     @Slot(object)
     def _on_current(self, view: ConversationView | None) -> None:
+        self._show_personas(view.instructions if view is not None else None)
         if view is None:
             self.title.setText(self.tr("New chat"))
             self.memory_switch.setEnabled(True)
@@ -421,6 +431,19 @@ class MainWindow(QMainWindow):
             if self.sidebar.item(i).data(_ID) == view.id and not self.sidebar.item(i).data(_MESSAGE):
                 self.sidebar.setCurrentRow(i)
 
+    def _show_personas(self, instructions: str | None) -> None:
+        """The persona choices, with the one `instructions` belong to selected (or a custom entry)."""
+        self.persona.clear()
+        self.persona.addItem(self.tr("Default instructions"), "")
+        for persona in self.settings.personas:
+            self.persona.addItem(persona.name, persona.instructions)
+        if instructions:
+            index = self.persona.findData(instructions)
+            if index < 0:
+                self.persona.addItem(self.tr("This chat's own instructions"), instructions)
+                index = self.persona.count() - 1
+            self.persona.setCurrentIndex(index)
+
     @Slot(object)
     def _on_memories(self, state: MemoryState) -> None:
         self.memory_panel.show_state(state)
@@ -434,6 +457,7 @@ class MainWindow(QMainWindow):
     def _on_settings(self, settings: Settings) -> None:
         self.settings = settings
         self._apply_look(settings)
+        self._show_personas(self.persona.currentData() or None)
 
     @Slot(object)
     def _on_usage(self, usage: Usage) -> None:

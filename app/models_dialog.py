@@ -11,7 +11,7 @@ import threading
 import traceback
 from pathlib import Path
 
-from PySide6.QtCore import QObject, Qt, QThread, Signal, Slot
+from PySide6.QtCore import QObject, Qt, QThread, Signal, SignalInstance, Slot
 from PySide6.QtWidgets import (
     QDialog,
     QFileDialog,
@@ -70,7 +70,8 @@ class DownloadWorker(QObject):
 
 
 class ModelsDialog(QDialog):
-    useRequested = Signal(str)  # model path
+    useRequested = Signal(str)  # model path: for every chat that has no model of its own
+    useInChatRequested = Signal(str)  # model path: for the open chat only
     foldersChanged = Signal(object)  # tuple of folders/files to list models from
     _fetch = Signal(object, str)
 
@@ -94,13 +95,17 @@ class ModelsDialog(QDialog):
         add_file = self._button(self.tr("Add file…"), self.tr("List a GGUF file kept anywhere"), self._add_file)
         add_folder = self._button(self.tr("Add folder…"), self.tr("List every GGUF in a folder, e.g. LM Studio's "
                                                                    "or GPT4All's"), self._add_folder)
-        self.use_button = self._button(self.tr("Use this model"), self.tr("Chat with the selected model"), self._use)
+        self.use_button = self._button(self.tr("Use by default"), self.tr("Chat with the selected model from now on"),
+                                       lambda: self._use(self.useRequested))
+        self.use_in_chat_button = self._button(self.tr("Use in this chat"),
+                                               self.tr("Only the open chat uses the selected model"),
+                                               lambda: self._use(self.useInChatRequested))
         page = QWidget()
         layout = QVBoxLayout(page)
         layout.addWidget(self.message)
         layout.addWidget(self.table)
         row = QHBoxLayout()
-        for b in (add_file, add_folder, self.use_button):
+        for b in (add_file, add_folder, self.use_button, self.use_in_chat_button):
             row.addWidget(b)
         layout.addLayout(row)
         self.tabs.addTab(page, self.tr("On this computer"))
@@ -180,10 +185,10 @@ class ModelsDialog(QDialog):
         button.clicked.connect(action)
         return button
 
-    def _use(self) -> None:
+    def _use(self, signal: SignalInstance) -> None:
         row = self.table.currentRow()
         if 0 <= row < len(self.models):
-            self.useRequested.emit(str(self.models[row].path))
+            signal.emit(str(self.models[row].path))
 
     def _add_file(self) -> None:
         path, _ = QFileDialog.getOpenFileName(self, self.tr("Add a model file"), str(Path.home()),

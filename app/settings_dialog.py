@@ -8,6 +8,7 @@ under its field and OK stays disabled, so nothing invalid is ever saved.
 from __future__ import annotations
 
 import typing
+from collections.abc import Callable
 from typing import Any
 
 from annotated_types import Ge, Gt, Le, Lt, MaxLen
@@ -19,16 +20,20 @@ from PySide6.QtWidgets import (
     QDialogButtonBox,
     QDoubleSpinBox,
     QFormLayout,
+    QHBoxLayout,
     QLabel,
     QLineEdit,
     QPlainTextEdit,
+    QPushButton,
     QScrollArea,
     QSpinBox,
+    QTableWidget,
+    QTableWidgetItem,
     QVBoxLayout,
     QWidget,
 )
 
-from engine.settings import Settings
+from engine.settings import Persona, Settings
 
 # Chosen elsewhere in the window (the model manager), not typed in here.
 _ELSEWHERE = {"chat_model", "model_folders"}
@@ -92,6 +97,8 @@ class SettingsDialog(QDialog):
                 values[name] = editor.value()
             elif isinstance(editor, QComboBox):
                 values[name] = editor.currentText()
+            elif isinstance(editor, PersonasEditor):
+                values[name] = editor.personas()
             elif isinstance(editor, QPlainTextEdit):
                 values[name] = editor.toPlainText()
             elif isinstance(editor, QLineEdit):
@@ -108,7 +115,9 @@ class SettingsDialog(QDialog):
             for problem in exc.errors():
                 name = str(problem["loc"][0]) if problem["loc"] else ""
                 if name in self.errors:
-                    self.errors[name].setText(problem["msg"])
+                    where = problem["loc"][1:]  # e.g. which persona and which of its fields
+                    prefix = f"{' '.join(str(part + 1) if isinstance(part, int) else str(part) for part in where)}: "
+                    self.errors[name].setText((prefix if where else "") + problem["msg"])
                     self.errors[name].show()
             self.buttons.button(QDialogButtonBox.StandardButton.Ok).setEnabled(False)
             return None
@@ -123,6 +132,8 @@ class SettingsDialog(QDialog):
 
     def _editor(self, name: str, annotation: Any, metadata: list[Any], value: Any) -> QWidget:
         limits = {type(m): m for m in metadata}
+        if name == "personas":
+            return PersonasEditor(value, self.validate)
         if annotation is bool:
             box = QCheckBox()
             box.setChecked(value)
@@ -154,3 +165,52 @@ class SettingsDialog(QDialog):
         line = QLineEdit(str(value))
         line.textChanged.connect(lambda _: self.validate())
         return line
+
+
+class PersonasEditor(QWidget):
+    """Saved personas as a two-column table (name, instructions) with Add and Remove."""
+
+    def __init__(self, personas: tuple[Persona, ...], changed: Callable[[], object]) -> None:
+        super().__init__()
+        self.table = QTableWidget(0, 2)
+        self.table.setHorizontalHeaderLabels([self.tr("Name"), self.tr("Instructions")])
+        self.table.horizontalHeader().setStretchLastSection(True)
+        self.table.setAccessibleName(self.tr("Personas"))
+        self.table.setMinimumHeight(120)
+        for persona in personas:
+            self._add_row(persona.name, persona.instructions)
+        self._changed = changed
+        self.table.itemChanged.connect(lambda _: changed())
+        add = QPushButton(self.tr("Add persona"))
+        add.clicked.connect(self._add)
+        remove = QPushButton(self.tr("Remove persona"))
+        remove.clicked.connect(self._remove)
+        buttons = QHBoxLayout()
+        buttons.addWidget(add)
+        buttons.addWidget(remove)
+        layout = QVBoxLayout(self)
+        layout.setContentsMargins(0, 0, 0, 0)
+        layout.addWidget(self.table)
+        layout.addLayout(buttons)
+
+    def personas(self) -> list[dict[str, str]]:
+        rows = []
+        for row in range(self.table.rowCount()):
+            name, instructions = (self.table.item(row, column) for column in (0, 1))
+            rows.append({"name": name.text() if name else "",
+                         "instructions": instructions.text() if instructions else ""})
+        return rows
+
+    def _add(self) -> None:
+        self._add_row(self.tr("New persona"), self.tr("You are Cleo, …"))
+        self._changed()
+
+    def _remove(self) -> None:
+        self.table.removeRow(self.table.currentRow())
+        self._changed()
+
+    def _add_row(self, name: str, instructions: str) -> None:
+        row = self.table.rowCount()
+        self.table.insertRow(row)
+        self.table.setItem(row, 0, QTableWidgetItem(name))
+        self.table.setItem(row, 1, QTableWidgetItem(instructions))

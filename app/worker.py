@@ -26,9 +26,9 @@ from PySide6.QtCore import QObject, QTimer, Signal, Slot
 from engine.assistant import NoMemory, Turn
 from engine.catalog import ModelCatalog, ModelInfo, Unusable, read_model_info
 from engine.conversations import Message
-from engine.errors import KnownError
+from engine.errors import KnownError, ModelMissing
 from engine.memory import MemoryRecord
-from engine.session import Cleo, open_cleo
+from engine.session import Cleo, chat_model_path, open_cleo
 from engine.settings import Settings, save_settings
 from engine.store import ConversationSummary
 
@@ -56,6 +56,8 @@ class ConversationView:
     title: str
     messages: tuple[Message, ...]
     alternatives: dict[str, tuple[int, int]] = field(default_factory=dict)  # message id -> (1-based index, count)
+    instructions: str | None = None  # its own system prompt; None follows the settings
+    model: str = ""  # its own model file; "" follows the settings
     temporary: bool = False
     memory_enabled: bool = True
 
@@ -110,6 +112,9 @@ class EngineWorker(QObject):
         self._learn_timer = QTimer(self)
         self._learn_timer.setSingleShot(True)
         self._learn_timer.timeout.connect(self._learn)
+        self._open()
+
+    def _open(self) -> None:
         try:
             self.cleo = self._opener(self.settings)
         except KnownError as exc:
@@ -122,26 +127,33 @@ class EngineWorker(QObject):
         self._list_conversations()
         self._list_memories()
 
-    @Slot(str, str, bool)
-    def send(self, conversation_id: str, text: str, temporary: bool) -> None:
+    @Slot(str, str, bool, str)
+    def send(self, conversation_id: str, text: str, temporary: bool, instructions: str) -> None:
+        """Send `text`; with no `conversation_id`, in a new chat that follows `instructions` ("" for the default)."""
         def start(cleo: Cleo) -> None:
             cid = conversation_id
             if not cid:
-                cid = cleo.memories.store.create_conversation(temporary=temporary).id
+                cid = cleo.memories.store.create_conversation(system_prompt=instructions or None,
+                                                              temporary=temporary).id
                 self.conversationStarted.emit(cid)
             self._open_conversation = cid
+            self._switch_model_for(cleo, cid)
             self._run(cid, cleo.assistant.turn(cid, text))
         self._guarded(start, needs_idle=True)
 
     @Slot(str, str)
     def regenerate(self, conversation_id: str, reply_id: str) -> None:
-        self._guarded(lambda cleo: self._run(conversation_id, cleo.assistant.regenerate(conversation_id, reply_id)),
-                      needs_idle=True)
+        def start(cleo: Cleo) -> None:
+            self._switch_model_for(cleo, conversation_id)
+            self._run(conversation_id, cleo.assistant.regenerate(conversation_id, reply_id))
+        self._guarded(start, needs_idle=True)
 
     @Slot(str, str, str)
     def edit(self, conversation_id: str, message_id: str, text: str) -> None:
-        self._guarded(lambda cleo: self._run(conversation_id, cleo.assistant.edit(conversation_id, message_id, text)),
-                      needs_idle=True)
+        def start(cleo: Cleo) -> None:
+            self._switch_model_for(cleo, conversation_id)
+            self._run(conversation_id, cleo.assistant.edit(conversation_id, message_id, text))
+        self._guarded(start, needs_idle=True)
 
     @Slot(str)
     def openConversation(self, conversation_id: str) -> None:
@@ -236,11 +248,26 @@ class EngineWorker(QObject):
 
     @Slot(str)
     def useModel(self, path: str) -> None:
-        def use(cleo: Cleo) -> None:
+        """Chat with the model at `path` by default; also how Cleo starts after its model failed to load."""
+        def use(cleo: Cleo | None) -> None:
             read_model_info(Path(path))  # a clear error before anything is unloaded
+            if cleo is None:
+                self._store_settings(self.settings.updated(chat_model=path))
+                self._open()
+                return
             cleo.assistant.load_model(Path(path), settings=self.settings.updated(chat_model=path))
             self._store_settings(cleo.assistant.settings)
             self.ready.emit(self._model_state())
+        self._guarded(use, needs_cleo=False, needs_idle=True)
+
+    @Slot(str, str)
+    def useModelInChat(self, conversation_id: str, path: str) -> None:
+        """This chat uses the model at `path` from now on; the others keep the settings' model."""
+        def use(cleo: Cleo) -> None:
+            read_model_info(Path(path))  # a clear error before anything changes
+            cleo.memories.store.update_conversation(conversation_id, model=path)
+            self._switch_model_for(cleo, conversation_id)
+            self.conversationLoaded.emit(self._view(cleo, conversation_id))
         self._guarded(use, needs_idle=True)
 
     @Slot(object)
@@ -364,6 +391,17 @@ class EngineWorker(QObject):
         else:
             cleo.assistant.finish(conversation_id)
 
+    def _switch_model_for(self, cleo: Cleo, conversation_id: str) -> None:
+        """Load the model this chat uses (its own, else the settings') if another one is loaded."""
+        wanted = cleo.memories.store.chat_model(conversation_id) or str(chat_model_path(self.settings))
+        if Path(wanted) == cleo.assistant.model.path:
+            return
+        if not Path(wanted).is_file():
+            raise ModelMissing(f"This chat uses the model {wanted}, which is no longer there.",
+                               hint="Choose another model for it in Models (Ctrl+L).")
+        cleo.assistant.load_model(Path(wanted), settings=self.settings)
+        self.ready.emit(self._model_state())
+
     def _model_state(self) -> ModelState:
         assert self.cleo is not None
         model = self.cleo.assistant.model
@@ -379,6 +417,7 @@ class EngineWorker(QObject):
             if len(siblings) > 1:
                 alternatives[message.id] = ([s.id for s in siblings].index(message.id) + 1, len(siblings))
         return ConversationView(conversation.id, conversation.title, tuple(messages), alternatives,
+                                instructions=conversation.system_prompt, model=store.chat_model(conversation_id),
                                 temporary=store.is_temporary(conversation_id),
                                 memory_enabled=store.memory_enabled(conversation_id))
 

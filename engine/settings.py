@@ -35,6 +35,22 @@ DEFAULT_SYSTEM_PROMPT = (
 )
 
 
+class Persona(BaseModel):
+    """A saved set of instructions a chat can start with."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str = Field(min_length=1, max_length=60)
+    instructions: str = Field(min_length=1, max_length=20000)
+
+
+DEFAULT_PERSONAS = (
+    Persona(name="Concise", instructions="You are Cleo. Answer in as few words as the question allows; no preamble."),
+    Persona(name="Tutor", instructions="You are Cleo, a patient tutor. Explain step by step with small examples, "
+                                       "and end with one question that checks understanding."),
+)
+
+
 class Settings(BaseModel):
     """Everything a user can set. Instances are immutable; use `updated()` to change one."""
 
@@ -77,6 +93,9 @@ class Settings(BaseModel):
     # Conversation and memory
     system_prompt: str = Field(
         DEFAULT_SYSTEM_PROMPT, max_length=20000, description="Instructions Cleo follows in every chat."
+    )
+    personas: tuple[Persona, ...] = Field(
+        DEFAULT_PERSONAS, max_length=50, description="Saved instructions a chat can use instead of the ones above.",
     )
     memory_enabled: bool = Field(True, description="Let Cleo remember things about you across chats.")
     ask_before_remembering: bool = Field(

@@ -183,6 +183,11 @@ class SqliteConversationStore:
         row = self.conn.execute("SELECT temporary FROM conversations WHERE id = ?", (conversation_id,)).fetchone()
         return bool(row and row[0])
 
+    def chat_model(self, conversation_id: str) -> str:
+        """The model file this conversation was set to use; "" for the one in the settings."""
+        row = self.conn.execute("SELECT model FROM conversations WHERE id = ?", (conversation_id,)).fetchone()
+        return str(row[0] or "") if row else ""
+
     def memory_enabled(self, conversation_id: str) -> bool:
         row = self.conn.execute("SELECT memory_enabled, temporary FROM conversations WHERE id = ?",
                                 (conversation_id,)).fetchone()

@@ -34,7 +34,7 @@ from app.main_window import MainWindow
 from app.memory_panel import MemoryPanel
 from app.models_dialog import ModelsDialog
 from app.render import LIGHT, render_markdown
-from app.settings_dialog import SettingsDialog
+from app.settings_dialog import PersonasEditor, SettingsDialog
 from app.worker import EngineWorker
 from engine.downloads import CatalogEntry
 from engine.events import Done, Started, Token
@@ -261,9 +261,20 @@ def test_a_corrupt_model_is_explained_and_the_window_stays_usable(
     assert window.models_dialog is not None and window.models_dialog.isVisible()
     qtbot.waitUntil(lambda: window.models_dialog is not None and window.models_dialog.table.rowCount() >= 1,
                     timeout=10_000)
-    assert not window.controller.send("hello?") or window.controller.busy is False
-    window.composer.setPlainText("still typing")  # the window still answers
+    window.composer.setPlainText("still typing")
+    window.send()  # nothing to answer with yet: the message stays in the composer
     assert window.composer.toPlainText() == "still typing"
+
+    # Choosing a working model in the manager starts Cleo.
+    dialog = window.models_dialog
+    row = next(i for i, m in enumerate(dialog.models) if m.path.name == "cleo-moe-4x135m-q4_1.gguf")
+    dialog.table.selectRow(row)
+    dialog.use_button.click()
+    qtbot.waitUntil(lambda: window.model_state is not None, timeout=60_000)
+    window.send()
+    qtbot.waitUntil(lambda: window.controller.busy, timeout=10_000)
+    _idle(qtbot, window)
+    assert _rows("SELECT content FROM messages WHERE role = 'user'") == [("still typing",)]
 
 
 def test_window_size_and_the_last_chat_come_back(qtbot: QtBot, open_window: Callable[..., MainWindow]) -> None:
@@ -403,3 +414,50 @@ def test_the_model_manager_downloads_checks_and_reports_a_wrong_hash(qtbot: QtBo
     finally:
         server.httpd.shutdown()
         server.httpd.server_close()
+
+
+def test_a_persona_gives_a_new_chat_and_the_open_one_their_instructions(
+        qtbot: QtBot, open_window: Callable[..., MainWindow]) -> None:
+    window = open_window()
+    concise = window.settings.personas[0]
+    window.persona.setCurrentIndex(window.persona.findText(concise.name))
+    window.persona.activated.emit(window.persona.currentIndex())
+    _send(qtbot, window, "Hi!")
+    chat = window.controller.current
+    assert _rows("SELECT system_prompt FROM conversations WHERE id = ?", chat) == [(concise.instructions,)]
+    assert window.persona.currentText() == concise.name  # shown again after the reply reloads the chat
+
+    window.persona.setCurrentIndex(0)
+    window.persona.activated.emit(0)
+    qtbot.waitUntil(lambda: _rows("SELECT system_prompt FROM conversations WHERE id = ?", chat) == [(None,)])
+
+
+def test_a_chat_can_use_its_own_model_and_the_others_keep_the_default(
+        qtbot: QtBot, open_window: Callable[..., MainWindow], default_models: DefaultModels) -> None:
+    window = open_window()
+    default_name = window.model_label.text()
+    _send(qtbot, window, "Hello")
+    own = window.controller.current
+    window.controller.use_model_in_chat(str(default_models.dense_base))
+    qtbot.waitUntil(lambda: window.model_label.text() != default_name, timeout=30_000)
+    assert _rows("SELECT model FROM conversations WHERE id = ?", own) == [(str(default_models.dense_base),)]
+
+    window.controller.new_chat()
+    _send(qtbot, window, "Hello again")
+    assert window.model_label.text() == default_name
+    window.controller.open(own)
+    qtbot.waitUntil(lambda: window.chat.view is not None and window.chat.view.id == own)
+    _send(qtbot, window, "And you?")
+    assert window.model_label.text() != default_name
+
+
+def test_personas_are_edited_in_the_settings_with_each_mistake_named(qtbot: QtBot) -> None:
+    dialog = SettingsDialog(Settings())
+    qtbot.addWidget(dialog)
+    editor = dialog.editors["personas"]
+    assert isinstance(editor, PersonasEditor)
+    editor.table.item(0, 0).setText("")  # type: ignore[union-attr]
+    assert "1 name" in dialog.errors["personas"].text()
+    editor.table.item(0, 0).setText("Brief")  # type: ignore[union-attr]
+    dialog.buttons.button(dialog.buttons.StandardButton.Ok).click()
+    assert dialog.settings.personas[0].name == "Brief"
