@@ -121,7 +121,9 @@ class ModelsDialog(QDialog):
         self.progress: dict[str, QProgressBar] = {}
         for i, entry in enumerate(self.catalog):
             for j, text in enumerate((entry.name, f"{entry.size / 2**30:.2f} GB", entry.licence)):
-                self.downloads.setItem(i, j, QTableWidgetItem(text))
+                item = QTableWidgetItem(text)
+                item.setToolTip(entry.description or entry.url)
+                self.downloads.setItem(i, j, item)
             bar = QProgressBar()
             bar.setRange(0, 1000)
             bar.setValue(0)

