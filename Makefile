@@ -6,7 +6,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 PIP    := $(BIN)/python -m pip
 
-.PHONY: run test lint models bench screenshots clean
+.PHONY: run test lint models bench bundle screenshots clean
 
 run: $(VENV)/.installed-base models
 	$(BIN)/cleo
@@ -26,6 +26,10 @@ models: $(VENV)/.installed-base
 bench: $(VENV)/.installed-dev
 	@for name in $$(ls bench/*.py | xargs -n1 basename | sed 's/\.py$$//' | grep -v '^__init__$$'); do \
 		$(BIN)/python -m bench.$$name || exit 1; done
+
+# The double-click app for this OS in dist/ (PyInstaller), smoke-tested, with the default models.
+bundle: $(VENV)/.installed-dev models
+	$(BIN)/python packaging/build.py
 
 # Under Xvfb when it is installed, else Qt's offscreen platform (same pixels, no window manager).
 screenshots: $(VENV)/.installed-base models
@@ -49,4 +53,4 @@ $(VENV)/.installed-dev: $(VENV)/.installed-base
 	touch $@
 
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache build dist

@@ -11,6 +11,10 @@ import sys
 
 def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
+    if args == ["--smoke-test"]:
+        from app.smoke import run as smoke_test
+
+        return smoke_test()
     if not args:
         from app.gui import run
 

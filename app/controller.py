@@ -8,14 +8,16 @@ Tokens are merged and painted at most every 50 ms, however fast the model writes
 from __future__ import annotations
 
 from dataclasses import replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from PySide6.QtCore import QObject, QThread, QTimer, Signal, Slot
 
 from app.chat_view import ChatView
 from app.worker import ConversationView, EngineWorker
 from engine.events import Done, Failed, MemoryUpdated, Notice, Recalled, Started, Token, Usage
-from engine.settings import Settings
+
+if TYPE_CHECKING:
+    from engine.settings import Settings
 
 REPAINT_MS = 50  # at most 20 repaints a second while a reply streams
 

@@ -8,6 +8,7 @@ import sys
 import traceback
 from types import TracebackType
 
+from PySide6.QtCore import QEvent, QObject, QTimer
 from PySide6.QtWidgets import QApplication, QMessageBox
 
 from app.main_window import MainWindow
@@ -41,11 +42,36 @@ def run(argv: list[str] | None = None) -> int:
     settings, warnings = load_settings()
     window = MainWindow(settings, EngineWorker(settings))
     sys.excepthook = _reporting_bugs(window)
+    if os.environ.get(FIRST_PAINT_VARIABLE):
+        _quit_after_first_paint(app, window)
     window.show()
     for warning in warnings:
         QMessageBox.warning(window, "Cleo", warning)
     window.start()
-    return app.exec()
+    code = app.exec()
+    window.close()  # however the loop ended, the engine's thread is closed before Python exits
+    return code
+
+
+FIRST_PAINT_VARIABLE = "CLEO_QUIT_AFTER_FIRST_PAINT"  # for bench/bundle.py: print "painted" and quit
+
+
+class _FirstPaint(QObject):
+    def __init__(self, app: QApplication) -> None:
+        super().__init__()
+        self._app = app
+
+    def eventFilter(self, watched: QObject, event: QEvent) -> bool:
+        if event.type() == QEvent.Type.Paint:
+            print("painted", flush=True)
+            QTimer.singleShot(0, self._app.quit)
+            watched.removeEventFilter(self)
+        return False
+
+
+def _quit_after_first_paint(app: QApplication, window: MainWindow) -> None:
+    window.first_paint = _FirstPaint(app)  # type: ignore[attr-defined]  # kept alive with the window
+    window.installEventFilter(window.first_paint)  # type: ignore[attr-defined]
 
 
 def _reporting_bugs(window: MainWindow):  # type: ignore[no-untyped-def]

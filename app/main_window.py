@@ -10,6 +10,7 @@ import base64
 import json
 import logging
 import time
+from typing import TYPE_CHECKING
 
 from PySide6.QtCore import QPoint, Qt, QTimer, Slot
 from PySide6.QtGui import QAction, QCloseEvent, QColor, QGuiApplication, QKeyEvent, QKeySequence, QPalette
@@ -38,15 +39,16 @@ from PySide6.QtWidgets import (
 from app.chat_view import ChatView
 from app.controller import ChatController
 from app.memory_panel import MemoryPanel
-from app.models_dialog import ModelsDialog
 from app.render import DARK, LIGHT
-from app.settings_dialog import SettingsDialog
 from app.worker import ConversationView, EngineWorker, MemoryState, ModelList, ModelState
 from engine.errors import KnownError
 from engine.events import MemoryUpdated, Usage
 from engine.paths import folders
-from engine.settings import Settings
-from engine.store import ConversationSummary, SearchHit
+
+if TYPE_CHECKING:  # dialogs and the store load when first used, after the window has painted
+    from app.models_dialog import ModelsDialog
+    from engine.settings import Settings
+    from engine.store import ConversationSummary, SearchHit
 
 log = logging.getLogger(__name__)
 
@@ -342,11 +344,15 @@ class MainWindow(QMainWindow):
             self.controller.delete_conversation(summary.id, forget_its_memories=forget.isChecked())
 
     def open_settings(self) -> None:
+        from app.settings_dialog import SettingsDialog
+
         dialog = SettingsDialog(self.settings, self)
         if dialog.exec() == SettingsDialog.DialogCode.Accepted and dialog.settings != self.settings:
             self.controller.apply_settings(dialog.settings)
 
     def open_models(self) -> None:
+        from app.models_dialog import ModelsDialog
+
         if self.models_dialog is None:
             self.models_dialog = ModelsDialog(self.settings.context_size, self.settings.model_folders, self)
             self.models_dialog.useRequested.connect(self.controller.use_model)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from typing import TYPE_CHECKING
 
 from PySide6.QtCore import Qt, Signal
 from PySide6.QtWidgets import (
@@ -20,7 +21,9 @@ from PySide6.QtWidgets import (
 )
 
 from app.worker import MemoryState
-from engine.memory import MemoryRecord
+
+if TYPE_CHECKING:
+    from engine.memory import MemoryRecord
 
 _ID = Qt.ItemDataRole.UserRole
 

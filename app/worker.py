@@ -19,18 +19,20 @@ import traceback
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from PySide6.QtCore import QObject, QTimer, Signal, Slot
 
-from engine.assistant import NoMemory, Turn
-from engine.catalog import ModelCatalog, ModelInfo, Unusable, read_model_info
-from engine.conversations import Message
 from engine.errors import KnownError, ModelMissing
-from engine.memory import MemoryRecord
-from engine.session import Cleo, chat_model_path, open_cleo
-from engine.settings import Settings, save_settings
-from engine.store import ConversationSummary
+
+if TYPE_CHECKING:  # the engine's runtime is imported on the worker's thread, after the window shows
+    from engine.assistant import Turn
+    from engine.catalog import ModelInfo, Unusable
+    from engine.conversations import Message
+    from engine.memory import MemoryRecord
+    from engine.session import Cleo
+    from engine.settings import Settings
+    from engine.store import ConversationSummary
 
 log = logging.getLogger(__name__)
 
@@ -89,7 +91,7 @@ class EngineWorker(QObject):
     knownError = Signal(object)  # KnownError: shown to the user
     bug = Signal(str)  # a traceback: logged, reported, and Cleo keeps running
 
-    def __init__(self, settings: Settings, *, opener: Callable[[Settings], Cleo] = open_cleo) -> None:
+    def __init__(self, settings: Settings, *, opener: Callable[[Settings], Cleo] | None = None) -> None:
         super().__init__()
         self.settings = settings
         self._opener = opener
@@ -115,8 +117,11 @@ class EngineWorker(QObject):
         self._open()
 
     def _open(self) -> None:
+        # Importing the engine (llama.cpp, numpy, SQLite) takes ~0.3 s: here, not before the first paint.
+        from engine.session import open_cleo
+
         try:
-            self.cleo = self._opener(self.settings)
+            self.cleo = (self._opener or open_cleo)(self.settings)
         except KnownError as exc:
             self.startFailed.emit(exc)
             return
@@ -242,6 +247,8 @@ class EngineWorker(QObject):
     @Slot()
     def listModels(self) -> None:
         def scan(cleo: Cleo | None) -> None:
+            from engine.catalog import ModelCatalog
+
             models, unusable = ModelCatalog([Path(p) for p in self.settings.model_folders]).scan()
             self.modelsListed.emit(ModelList(tuple(models), tuple(unusable)))
         self._guarded(scan, needs_cleo=False)
@@ -250,6 +257,8 @@ class EngineWorker(QObject):
     def useModel(self, path: str) -> None:
         """Chat with the model at `path` by default; also how Cleo starts after its model failed to load."""
         def use(cleo: Cleo | None) -> None:
+            from engine.catalog import read_model_info
+
             read_model_info(Path(path))  # a clear error before anything is unloaded
             if cleo is None:
                 self._store_settings(self.settings.updated(chat_model=path))
@@ -264,6 +273,8 @@ class EngineWorker(QObject):
     def useModelInChat(self, conversation_id: str, path: str) -> None:
         """This chat uses the model at `path` from now on; the others keep the settings' model."""
         def use(cleo: Cleo) -> None:
+            from engine.catalog import read_model_info
+
             read_model_info(Path(path))  # a clear error before anything changes
             cleo.memories.store.update_conversation(conversation_id, model=path)
             self._switch_model_for(cleo, conversation_id)
@@ -273,6 +284,8 @@ class EngineWorker(QObject):
     @Slot(object)
     def applySettings(self, settings: Settings) -> None:
         def apply(cleo: Cleo | None) -> None:
+            from engine.assistant import NoMemory
+
             old = self.settings
             self._store_settings(settings)
             if cleo is None:
@@ -393,6 +406,8 @@ class EngineWorker(QObject):
 
     def _switch_model_for(self, cleo: Cleo, conversation_id: str) -> None:
         """Load the model this chat uses (its own, else the settings') if another one is loaded."""
+        from engine.session import chat_model_path
+
         wanted = cleo.memories.store.chat_model(conversation_id) or str(chat_model_path(self.settings))
         if Path(wanted) == cleo.assistant.model.path:
             return
@@ -432,6 +447,8 @@ class EngineWorker(QObject):
             self.memoriesChanged.emit(MemoryState(tuple(book.memories()), tuple(book.inbox())))
 
     def _store_settings(self, settings: Settings) -> None:
+        from engine.settings import save_settings
+
         save_settings(settings)
         self.settings = settings
         self.settingsChanged.emit(settings)

@@ -16,7 +16,7 @@ from gguf import MODEL_ARCH_NAMES, LlamaFileType
 
 from engine.errors import KnownError, ModelFileInvalid
 from engine.gguf_header import GGUFHeader, read_header
-from engine.paths import folders
+from engine.paths import BUNDLED_MODELS, folders
 
 # Architectures the bundled llama.cpp knows, as named in `general.architecture`.
 KNOWN_ARCHITECTURES = frozenset(MODEL_ARCH_NAMES.values())
@@ -121,7 +121,7 @@ class ModelCatalog:
     """The models in Cleo's models folder and in the folders and files the user added."""
 
     def __init__(self, extra_folders: Iterable[Path] = ()) -> None:
-        self.folders = [folders().models, *extra_folders]
+        self.folders = [folders().models, *([BUNDLED_MODELS] if BUNDLED_MODELS.is_dir() else []), *extra_folders]
 
     def scan(self) -> tuple[list[ModelInfo], list[Unusable]]:
         """Every `.gguf` file below the folders: the usable models and the unusable files."""

@@ -44,6 +44,10 @@ class DatabaseInUse(KnownError):
     """Another Cleo has this profile open."""
 
 
+class InstallationIncomplete(KnownError):
+    """A part of Cleo itself is missing or broken (not the user's data)."""
+
+
 class DiskFull(KnownError):
     """A write failed because the disk (or the database's size limit) is full."""
 
@@ -236,6 +240,11 @@ def _connect(path: Path) -> Any:
         conn.enable_load_extension(True)
         sqlite_vec.load(conn)
         conn.enable_load_extension(False)
+    except sqlean.OperationalError as exc:  # the extension itself is missing: not the user's data
+        conn.close()
+        raise InstallationIncomplete(f"Cleo's vector search extension could not be loaded ({exc}).",
+                                     hint="Reinstall Cleo; your chats and memories are not affected.") from exc
+    try:
         conn.execute("PRAGMA journal_mode = WAL")
         conn.execute("PRAGMA synchronous = NORMAL")  # with WAL: a crash of Cleo loses nothing committed
         conn.execute("PRAGMA foreign_keys = ON")

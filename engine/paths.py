@@ -22,7 +22,11 @@ APP_NAME = "Cleo"
 HOME_VARIABLE = "CLEO_HOME"
 
 # Read-only data shipped with Cleo: beside the packages in a checkout, in the bundle when frozen.
-RESOURCES = Path(getattr(sys, "_MEIPASS", Path(__file__).resolve().parent.parent)) / "resources"
+_SHIPPED = Path(getattr(sys, "_MEIPASS", Path(__file__).resolve().parent.parent))
+RESOURCES = _SHIPPED / "resources"
+# The default models inside a built app (packaging/), so the first run needs no network; a
+# checkout has none and builds them into the models folder instead.
+BUNDLED_MODELS = _SHIPPED / "models"
 
 DEFAULT_CHAT_MODEL_FILE = "cleo-moe-4x135m-q4_1.gguf"
 DEFAULT_EMBEDDING_MODEL_FILE = "all-minilm-l6-v2-f16.gguf"
@@ -75,8 +79,15 @@ def ensure(folder: Path) -> Path:
 
 
 def default_chat_model() -> Path:
-    return folders().models / DEFAULT_CHAT_MODEL_FILE
+    return _own_or_bundled(DEFAULT_CHAT_MODEL_FILE)
 
 
 def default_embedding_model() -> Path:
-    return folders().models / DEFAULT_EMBEDDING_MODEL_FILE
+    return _own_or_bundled(DEFAULT_EMBEDDING_MODEL_FILE)
+
+
+def _own_or_bundled(name: str) -> Path:
+    """The copy in the user's models folder; else the one shipped with the app, if any."""
+    own = folders().models / name
+    bundled = BUNDLED_MODELS / name
+    return bundled if not own.exists() and bundled.exists() else own

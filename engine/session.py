@@ -8,6 +8,7 @@ terminal commands and the smoke test all start here, so they cannot disagree abo
 from __future__ import annotations
 
 import logging
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -87,9 +88,11 @@ def chat_model_path(settings: Settings, model_path: Path | None = None) -> Path:
     default = default_chat_model()
     path = model_path or (Path(settings.chat_model) if settings.chat_model else default)
     if path == default and not path.exists():
+        rebuild = ("Reinstall Cleo to get it back" if getattr(sys, "frozen", False)
+                   else "Build it with `python -m training.defaults` (or `make run`)")
         raise ModelMissing(f"Cleo's default model {path} does not exist.",
-                           hint="Build it with `python -m training.defaults` (or `make run`), or choose a model "
-                                "with --model PATH.")
+                           hint=f"{rebuild}, or choose another model (Models in the window, --model PATH in the "
+                                "terminal).")
     return path
 
 

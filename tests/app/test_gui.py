@@ -461,3 +461,23 @@ def test_personas_are_edited_in_the_settings_with_each_mistake_named(qtbot: QtBo
     editor.table.item(0, 0).setText("Brief")  # type: ignore[union-attr]
     dialog.buttons.button(dialog.buttons.StandardButton.Ok).click()
     assert dialog.settings.personas[0].name == "Brief"
+
+
+def test_without_a_display_cleo_says_so_instead_of_crashing(tmp_path: Path) -> None:
+    import os
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k not in ("DISPLAY", "WAYLAND_DISPLAY", "QT_QPA_PLATFORM")}
+    result = subprocess.run([sys.executable, "-m", "app"], capture_output=True, text=True, env=env, timeout=60)
+    assert result.returncode == 2 and "needs a desktop" in result.stderr and "cleo chat" in result.stderr
+
+
+def test_a_missing_default_model_opens_the_model_manager_and_says_why(
+        qtbot: QtBot, open_window: Callable[..., MainWindow], profile: Path) -> None:
+    (folders().models / "cleo-moe-4x135m-q4_1.gguf").unlink()
+    window = open_window(ready=False)
+    errors: list[str] = window.errors  # type: ignore[attr-defined]
+    qtbot.waitUntil(lambda: bool(errors), timeout=30_000)
+    assert "cleo-moe-4x135m-q4_1.gguf does not exist" in errors[0] and "choose another model" in errors[0]
+    assert window.models_dialog is not None and window.models_dialog.isVisible()
