@@ -12,7 +12,6 @@ from PySide6.QtWidgets import (
     QLabel,
     QListWidget,
     QListWidgetItem,
-    QPushButton,
     QTabWidget,
     QTreeWidget,
     QTreeWidgetItem,
@@ -20,6 +19,7 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
+from app.widgets import button
 from app.worker import MemoryState
 
 if TYPE_CHECKING:
@@ -49,16 +49,16 @@ class MemoryPanel(QWidget):
         self.inbox.setAccessibleName(self.tr("Inbox"))
         self.inbox.setAccessibleDescription(self.tr("Things Cleo proposes to remember; approve or reject each."))
 
-        self.add_button = self._button(self.tr("Add…"), self.tr("Tell Cleo something to remember"), self._add)
-        self.edit_button = self._button(self.tr("Edit…"), self.tr("Change the selected memory"), self._edit)
-        self.pin_button = self._button(self.tr("Pin"), self.tr("Always show the selected memory to Cleo"), self._pin)
-        self.forget_button = self._button(self.tr("Forget"), self.tr("Delete the selected memory"),
+        self.add_button = button(self.tr("Add…"), self.tr("Tell Cleo something to remember"), self._add)
+        self.edit_button = button(self.tr("Edit…"), self.tr("Change the selected memory"), self._edit)
+        self.pin_button = button(self.tr("Pin"), self.tr("Always show the selected memory to Cleo"), self._pin)
+        self.forget_button = button(self.tr("Forget"), self.tr("Delete the selected memory"),
                                           lambda: self._act("forget"))
-        self.source_button = self._button(self.tr("Go to source"), self.tr("Open the message it was learned from"),
+        self.source_button = button(self.tr("Go to source"), self.tr("Open the message it was learned from"),
                                           self._source)
-        self.approve_button = self._button(self.tr("Approve"), self.tr("Remember the selected proposal"),
+        self.approve_button = button(self.tr("Approve"), self.tr("Remember the selected proposal"),
                                            lambda: self._act_inbox("approve"))
-        self.reject_button = self._button(self.tr("Reject"), self.tr("Discard the selected proposal"),
+        self.reject_button = button(self.tr("Reject"), self.tr("Discard the selected proposal"),
                                           lambda: self._act_inbox("reject"))
 
         page = QWidget()
@@ -106,14 +106,6 @@ class MemoryPanel(QWidget):
     def selected(self) -> MemoryRecord | None:
         item = self.remembered.currentItem()
         return self._records.get(item.data(0, _ID)) if item is not None else None
-
-    def _button(self, text: str, description: str, action: object) -> QPushButton:
-        button = QPushButton(text)
-        button.setAccessibleName(text.rstrip("…"))
-        button.setAccessibleDescription(description)
-        button.setToolTip(description)
-        button.clicked.connect(action)
-        return button
 
     def _act(self, action: str) -> None:
         memory = self.selected()

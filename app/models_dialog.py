@@ -18,7 +18,6 @@ from PySide6.QtWidgets import (
     QHBoxLayout,
     QLabel,
     QProgressBar,
-    QPushButton,
     QTableWidget,
     QTableWidgetItem,
     QTabWidget,
@@ -26,6 +25,7 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
+from app.widgets import button
 from app.worker import ModelList
 from engine.catalog import ModelInfo
 from engine.downloads import CatalogEntry, download, read_catalog
@@ -92,12 +92,12 @@ class ModelsDialog(QDialog):
         self.table.setAccessibleName(self.tr("Local models"))
         self.message = QLabel()
         self.message.setWordWrap(True)
-        add_file = self._button(self.tr("Add file…"), self.tr("List a GGUF file kept anywhere"), self._add_file)
-        add_folder = self._button(self.tr("Add folder…"), self.tr("List every GGUF in a folder, e.g. LM Studio's "
+        add_file = button(self.tr("Add file…"), self.tr("List a GGUF file kept anywhere"), self._add_file)
+        add_folder = button(self.tr("Add folder…"), self.tr("List every GGUF in a folder, e.g. LM Studio's "
                                                                    "or GPT4All's"), self._add_folder)
-        self.use_button = self._button(self.tr("Use by default"), self.tr("Chat with the selected model from now on"),
+        self.use_button = button(self.tr("Use by default"), self.tr("Chat with the selected model from now on"),
                                        lambda: self._use(self.useRequested))
-        self.use_in_chat_button = self._button(self.tr("Use in this chat"),
+        self.use_in_chat_button = button(self.tr("Use in this chat"),
                                                self.tr("Only the open chat uses the selected model"),
                                                lambda: self._use(self.useInChatRequested))
         page = QWidget()
@@ -129,8 +129,8 @@ class ModelsDialog(QDialog):
             bar.setValue(0)
             self.downloads.setCellWidget(i, 3, bar)
             self.progress[entry.file_name] = bar
-        self.download_button = self._button(self.tr("Download"), self.tr("Download the selected model"), self._download)
-        self.cancel_button = self._button(self.tr("Cancel"), self.tr("Stop the download; it resumes later"),
+        self.download_button = button(self.tr("Download"), self.tr("Download the selected model"), self._download)
+        self.cancel_button = button(self.tr("Cancel"), self.tr("Stop the download; it resumes later"),
                                           self._cancel)
         page = QWidget()
         layout = QVBoxLayout(page)
@@ -178,14 +178,6 @@ class ModelsDialog(QDialog):
         self.fetcher.cancelled.set()
         self._thread.quit()
         self._thread.wait(5000)
-
-    def _button(self, text: str, description: str, action: object) -> QPushButton:
-        button = QPushButton(text)
-        button.setAccessibleName(text.rstrip("…"))
-        button.setAccessibleDescription(description)
-        button.setToolTip(description)
-        button.clicked.connect(action)
-        return button
 
     def _use(self, signal: SignalInstance) -> None:
         row = self.table.currentRow()

@@ -9,9 +9,9 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 FORBIDDEN = {
-    "app": {"llama_cpp", "sqlite_utils", "torch", "training"},
-    "engine": {"PySide6", "torch", "training"},
-    "training": {"app"},
+    "app": {"llama_cpp", "sqlite_utils", "sqlean", "sqlite_vec", "torch", "training"},
+    "engine": {"PySide6", "torch", "training", "app"},
+    "training": {"app", "PySide6"},
 }
 
 
