@@ -1,6 +1,7 @@
 """Perplexity of an exported GGUF through llama.cpp itself, on the same rows torch is scored on.
 
-This is the check that counts: what the app will run, not what torch computes.
+This is the check that counts: what the app will run, not what torch computes. A row packed with
+several documents is read one document at a time, from a fresh context, as torch masks it.
 """
 
 from __future__ import annotations
@@ -22,20 +23,24 @@ def gguf_perplexity(path: Path, batches: Iterable[dict[str, torch.Tensor]], *, t
     try:
         for batch in batches:
             ids, labels = batch["input_ids"].numpy(), batch["labels"].numpy()  # [B, T]
+            segments = batch["segment_ids"].numpy() if "segment_ids" in batch else np.ones_like(ids)
             if llm is None:
                 width = ids.shape[1]
                 llm = llama_cpp.Llama(model_path=str(path), n_ctx=width, n_batch=width, n_ubatch=width,
                                       n_threads=threads, n_threads_batch=threads, logits_all=True, verbose=False)
-            for row, targets in zip(ids, labels, strict=True):
-                learned = targets != -100
-                if not learned.any():
-                    continue
-                llm.reset()
-                llm.eval(row.tolist())
-                logits = np.asarray(llm.scores[: len(row)], dtype=np.float64)  # [T, V]
-                log_probs = logits - _logsumexp(logits)
-                nll -= float(log_probs[learned, targets[learned]].sum())
-                count += int(learned.sum())
+            for row, targets, documents in zip(ids, labels, segments, strict=True):
+                for document in np.unique(documents[documents > 0]):
+                    where = documents == document
+                    tokens, wanted = row[where], targets[where]
+                    learned = wanted != -100
+                    if not learned.any():
+                        continue
+                    llm.reset()
+                    llm.eval(tokens.tolist())
+                    logits = np.asarray(llm.scores[: len(tokens)], dtype=np.float64)  # [n, V]
+                    log_probs = logits - _logsumexp(logits)
+                    nll -= float(log_probs[learned, wanted[learned]].sum())
+                    count += int(learned.sum())
     finally:
         if llm is not None:
             llm.close()

@@ -33,6 +33,7 @@ from training.model import Decoder
 from training.quantize import quantize
 from training.tokenizer import Tokenizer
 from training.train import TrainConfig, Trainer
+from training.upcycle import diversify_experts
 
 log = logging.getLogger(__name__)
 
@@ -68,20 +69,6 @@ def data_files(recipe: Recipe) -> list[Path]:
     if recipe.data:
         return [Path(p) for p in recipe.data]
     return sorted(p for p in SHARED_DATA.iterdir() if p.suffix == ".json" or p.is_dir())
-
-
-def diversify_experts(model: Decoder, relative_noise: float, seed: int) -> None:
-    """Nudge each expert's weights by a different small amount (std = `relative_noise` × the weight's std).
-
-    Upcycled experts are exact copies, so the router cannot tell them apart and gradient descent
-    keeps them equal; a small asymmetry lets them specialise while the output barely moves.
-    """
-    generator = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for layer in model.moe_layers():
-            for weight in (layer.gate, layer.up, layer.down):
-                noise = torch.randn(weight.shape, generator=generator) * weight.std() * relative_noise
-                weight.add_(noise.to(weight.dtype))
 
 
 def held_out_perplexity(model: Decoder, data: TrainingData) -> float:
@@ -158,7 +145,7 @@ def _expert_load(model: Decoder, data: TrainingData) -> list[list[float]]:
     model.eval()
     totals: torch.Tensor | None = None
     for batch in data.held_out.sequential():
-        model(batch["input_ids"])
+        model(batch["input_ids"], batch.get("position_ids"), batch.get("segment_ids"))
         counts = torch.stack([layer.stats.tokens_per_expert for layer in model.moe_layers()
                               if layer.stats is not None])
         totals = counts if totals is None else totals + counts

@@ -80,16 +80,17 @@ class RMSNorm(nn.Module):
 
 
 def rope_tables(positions: Tensor, head_dim: int, theta: float) -> tuple[Tensor, Tensor]:
-    """cos and sin for each position and frequency: [T, head_dim / 2]."""
+    """cos and sin for each position and frequency: positions [T] or [B, T] -> [..., head_dim / 2]."""
     freqs = theta ** (-torch.arange(0, head_dim, 2, device=positions.device, dtype=torch.float32) / head_dim)
-    angles = positions.float()[:, None] * freqs[None, :]
+    angles = positions.float()[..., None] * freqs
     return angles.cos(), angles.sin()
 
 
 def apply_rope(x: Tensor, cos: Tensor, sin: Tensor, neox: bool) -> Tensor:
-    """Rotate x [B, T, H, Dh] by position; adjacent pairs ("normal") or halves ("NeoX")."""
+    """Rotate x [B, T, H, Dh] by position (cos, sin [T, Dh/2] or [B, T, Dh/2]); adjacent pairs ("normal")
+    or halves ("NeoX")."""
     x32 = x.float()
-    cos, sin = cos[None, :, None, :], sin[None, :, None, :]
+    cos, sin = _per_head(cos), _per_head(sin)
     if neox:
         a, b = x32.chunk(2, dim=-1)
         rotated = torch.cat([a * cos - b * sin, a * sin + b * cos], dim=-1)
@@ -97,6 +98,11 @@ def apply_rope(x: Tensor, cos: Tensor, sin: Tensor, neox: bool) -> Tensor:
         a, b = x32[..., 0::2], x32[..., 1::2]
         rotated = torch.stack([a * cos - b * sin, a * sin + b * cos], dim=-1).flatten(-2)
     return rotated.to(x.dtype)
+
+
+def _per_head(table: Tensor) -> Tensor:
+    """[T, Dh/2] or [B, T, Dh/2] -> [B or 1, T, 1, Dh/2], to broadcast over the heads of [B, T, H, Dh]."""
+    return (table if table.dim() == 3 else table[None])[:, :, None, :]
 
 
 class Attention(nn.Module):
@@ -113,7 +119,8 @@ class Attention(nn.Module):
             self.q_norm = RMSNorm(c.head_dim, c.rms_norm_eps)
             self.k_norm = RMSNorm(c.head_dim, c.rms_norm_eps)
 
-    def forward(self, x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
+    def forward(self, x: Tensor, cos: Tensor, sin: Tensor, mask: Tensor | None = None) -> Tensor:
+        """`mask` [B, 1, T, T] (True: may attend) replaces the plain causal mask, e.g. for packed rows."""
         c = self.config
         b, t, _ = x.shape
         q = self.q(x).view(b, t, c.num_heads, c.head_dim)  # [B, T, H, Dh]
@@ -125,7 +132,8 @@ class Attention(nn.Module):
         q, k = apply_rope(q, cos, sin, neox), apply_rope(k, cos, sin, neox)
         # [B, H, T, Dh]; each group of H / Hkv query heads shares one key/value head
         out = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2),
-                                             is_causal=True, enable_gqa=c.num_heads != c.num_kv_heads)
+                                             attn_mask=mask, is_causal=mask is None,
+                                             enable_gqa=c.num_heads != c.num_kv_heads)
         return self.out(out.transpose(1, 2).reshape(b, t, c.num_heads * c.head_dim))
 
 
@@ -243,9 +251,17 @@ class Block(nn.Module):
         self.ffn_norm = RMSNorm(config.hidden_size, config.rms_norm_eps)
         self.ffn: nn.Module = MoEFeedForward(config) if config.is_moe else FeedForward(config)
 
-    def forward(self, x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
-        x = x + self.attn(self.attn_norm(x), cos, sin)
+    def forward(self, x: Tensor, cos: Tensor, sin: Tensor, mask: Tensor | None = None) -> Tensor:
+        x = x + self.attn(self.attn_norm(x), cos, sin, mask)
         return x + self.ffn(self.ffn_norm(x))
+
+
+def document_mask(segments: Tensor) -> Tensor:
+    """segments [B, T] -> [B, 1, T, T]: True where a token may attend (same document, not later).
+    Padding (segment 0) attends to padding, so no row of the mask is empty."""
+    t = segments.shape[1]
+    causal = torch.ones(t, t, dtype=torch.bool, device=segments.device).tril()
+    return ((segments[:, :, None] == segments[:, None, :]) & causal)[:, None]
 
 
 @dataclass
@@ -263,14 +279,21 @@ class Decoder(nn.Module):
         self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps)
         self.output = None if config.tie_embeddings else nn.Linear(config.hidden_size, config.vocab_size, bias=False)
 
-    def forward(self, tokens: Tensor) -> Output:
-        """tokens [B, T] -> logits [B, T, V] and the routers' auxiliary loss."""
+    def forward(self, tokens: Tensor, positions: Tensor | None = None, segments: Tensor | None = None) -> Output:
+        """tokens [B, T] -> logits [B, T, V] and the routers' auxiliary loss.
+
+        For rows packed with several documents, `positions` [B, T] restart at each document and
+        `segments` [B, T] number them: a token then sees only earlier tokens of its own document,
+        exactly as if each document were alone (as llama.cpp runs it).
+        """
         c = self.config
-        positions = torch.arange(tokens.shape[1], device=tokens.device)
-        cos, sin = rope_tables(positions, c.head_dim, c.rope_theta)  # [T, Dh / 2]
+        if positions is None:
+            positions = torch.arange(tokens.shape[1], device=tokens.device)
+        cos, sin = rope_tables(positions, c.head_dim, c.rope_theta)  # [T or B, T, Dh / 2]
+        mask = None if segments is None else document_mask(segments)
         x = self.embed(tokens)
         for block in self.blocks:
-            x = block(x, cos, sin)
+            x = block(x, cos, sin, mask)
         x = self.norm(x)
         logits = F.linear(x, self.embed.weight if self.output is None else self.output.weight)
         return Output(logits, self._aux_loss(logits))

@@ -163,7 +163,7 @@ class Trainer:
             ids, labels = batch["input_ids"].to(self.device), batch["labels"].to(self.device)
             last = micro == n - 1
             with self._no_sync(not last), self._autocast():
-                out = self.wrapped(ids)
+                out = self.wrapped(ids, *self._packing(batch))
                 loss = _loss(out.logits, labels) + out.aux_loss
             (loss / n).backward()
             total += loss.item() / n
@@ -175,6 +175,11 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=True)
         return total, tokens
 
+    def _packing(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        """Positions and document numbers of a packed batch, if it has them (plain batches do not)."""
+        return tuple(batch[k].to(self.device) if k in batch else None  # type: ignore[return-value]
+                     for k in ("position_ids", "segment_ids"))
+
     @torch.no_grad()
     def evaluate(self) -> dict[str, float]:
         """Held-out loss (nats per learned token), perplexity and, when the data know their bytes, bits per byte."""
@@ -183,7 +188,7 @@ class Trainer:
         for batch in self.data.held_out():
             ids, labels = batch["input_ids"].to(self.device), batch["labels"].to(self.device)
             with self._autocast():
-                logits = self.wrapped(ids).logits
+                logits = self.wrapped(ids, *self._packing(batch)).logits
             nll += F.cross_entropy(logits.float().flatten(0, 1), labels.flatten(), ignore_index=-100,
                                    reduction="sum").item()
             count += int((labels != -100).sum())

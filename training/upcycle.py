@@ -6,7 +6,9 @@ renormalised mixture of k identical experts is the dense FFN again, so the MoE c
 the dense model computed until fine-tuning (issue 5) makes the experts differ.
 
 Only `gguf` and `numpy` are needed: the quantized blocks are copied byte for byte, never
-dequantized, so nothing is lost and no torch is required.
+dequantized, so nothing is lost and no torch is required. `upcycle_model` does the same to a torch
+`Decoder` (torch is imported only there), with optional noise on the experts so that they can
+drift apart during fine-tuning from the first step.
 """
 
 from __future__ import annotations
@@ -14,12 +16,15 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from gguf import GGMLQuantizationType, GGUFReader, GGUFValueType, GGUFWriter
 
 from engine.errors import ModelFileInvalid
+
+if TYPE_CHECKING:
+    from training.model import Decoder
 
 SUPPORTED_ARCHITECTURES = ("llama",)
 DENSE_FFN = ("ffn_gate", "ffn_up", "ffn_down")
@@ -93,6 +98,54 @@ def upcycle_gguf(
     writer.write_kv_data_to_file()
     writer.write_tensors_to_file(progress=True)
     writer.close()
+
+
+def upcycle_model(dense: Decoder, num_experts: int, experts_per_token: int, *, noise: float = 0.0,
+                  seed: int = 0) -> Decoder:
+    """A Mixtral-style MoE `Decoder` from a dense `llama` one: every expert a copy of its layer's FFN,
+    routers at zero. With `noise` 0 it computes exactly what `dense` computes; a small `noise`
+    (e.g. 0.01) adds that fraction of each weight matrix's standard deviation as Gaussian noise to
+    each expert, so that they differ (the router, still uniform, then learns to tell them apart)."""
+    import dataclasses
+
+    import torch
+
+    from training.model import Decoder, FeedForward, MoEFeedForward
+
+    if dense.config.architecture != "llama" or dense.config.is_moe:
+        raise ValueError(f"upcycling needs a dense llama model, not a {dense.config.architecture} "
+                         f"with {dense.config.num_experts} experts")
+    config = dataclasses.replace(dense.config, num_experts=num_experts, experts_per_token=experts_per_token)
+    moe = Decoder(config)
+    own = {k: v for k, v in dense.state_dict().items() if ".ffn." not in k}
+    missing = moe.load_state_dict(own, strict=False).missing_keys
+    assert all(".ffn." in key for key in missing), missing
+    with torch.no_grad():
+        for source, target in zip(dense.blocks, moe.blocks, strict=True):
+            assert isinstance(source.ffn, FeedForward) and isinstance(target.ffn, MoEFeedForward)
+            target.ffn.router.weight.zero_()
+            for name in ("gate", "up", "down"):
+                weight = getattr(source.ffn, name).weight  # [F, D] or [D, F]
+                getattr(target.ffn, name).copy_(weight.detach().cpu().expand(num_experts, *weight.shape))
+    if noise:
+        diversify_experts(moe, noise, seed)
+    return moe.to(next(dense.parameters()).device)
+
+
+def diversify_experts(model: Decoder, relative_noise: float, seed: int) -> None:
+    """Nudge each expert's weights by a different small amount (std = `relative_noise` × the weight's std).
+
+    Upcycled experts are exact copies, so the router cannot tell them apart and gradient descent
+    keeps them equal; a small asymmetry lets them specialise while the output barely moves.
+    """
+    import torch
+
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for layer in model.moe_layers():
+            for weight in (layer.gate, layer.up, layer.down):
+                noise = torch.randn(weight.shape, generator=generator) * weight.std() * relative_noise
+                weight.add_(noise.to(weight.dtype))
 
 
 def _check_dense_llama(reader: GGUFReader, path: Path) -> None:

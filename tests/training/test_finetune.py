@@ -10,11 +10,12 @@ import torch
 from tests.conftest import DefaultModels
 from training.data import chat_data
 from training.evaluate import gguf_perplexity
-from training.finetune import SHARED_DATA, TrainingBatches, diversify_experts
+from training.finetune import SHARED_DATA, TrainingBatches
 from training.gguf_io import save_gguf
 from training.model import Decoder, ModelConfig
 from training.tokenizer import Tokenizer
 from training.train import TrainConfig, Trainer
+from training.upcycle import diversify_experts
 
 
 def test_a_model_trained_here_runs_in_llama_cpp_with_the_same_perplexity(

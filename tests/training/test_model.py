@@ -48,6 +48,25 @@ def test_evaluation_is_deterministic_and_causal() -> None:
     assert not torch.allclose(first[:, 7:], after[:, 7:])
 
 
+@pytest.mark.parametrize("architecture", ["llama", "qwen3moe"])
+def test_a_document_packed_after_another_is_computed_as_if_alone(architecture: str) -> None:
+    """Packed training rows: positions restart and attention stops at each document's start."""
+    config = dataclasses.replace(TINY, architecture=architecture)  # type: ignore[arg-type]
+    model = _model(config)
+    first, second = torch.randint(0, 97, (1, 5)), torch.randint(0, 97, (1, 7))
+    row = torch.cat([first, second, torch.zeros(1, 2, dtype=torch.long)], dim=1)  # 2 padding tokens
+    positions = torch.tensor([[0, 1, 2, 3, 4, 0, 1, 2, 3, 4, 5, 6, 0, 1]])
+    segments = torch.tensor([[1] * 5 + [2] * 7 + [0] * 2])
+    with torch.no_grad():
+        packed = model(row, positions, segments).logits
+        alone = [model(first).logits, model(second).logits]
+        unmasked = model(row).logits
+    assert torch.allclose(packed[:, :5], alone[0], atol=1e-5)
+    assert torch.allclose(packed[:, 5:12], alone[1], atol=1e-5)
+    assert not torch.allclose(unmasked[:, 5:12], alone[1], atol=1e-3)  # without the mask it would differ
+    assert torch.isfinite(packed).all()  # padding rows attend to padding, never to nothing
+
+
 def test_load_balance_loss_is_smallest_when_routing_is_uniform() -> None:
     layer = _model().moe_layers()[0]
     with torch.no_grad():
@@ -98,3 +117,21 @@ def test_expert_load_is_reported_per_layer() -> None:
     model(torch.randint(0, 97, (3, 16)))
     load = model.expert_load()
     assert load.shape == (2, 4) and torch.allclose(load.sum(-1), torch.ones(2))
+
+
+def test_an_upcycled_model_computes_what_the_dense_one_did_until_noise_sets_its_experts_apart() -> None:
+    from training.upcycle import upcycle_model
+
+    dense = _model(dataclasses.replace(TINY, num_experts=0, experts_per_token=0))
+    tokens = torch.randint(0, 97, (2, 10))
+    with torch.no_grad():
+        expected = dense(tokens).logits
+        exact = upcycle_model(dense, 4, 2).eval()
+        assert torch.allclose(exact(tokens).logits, expected, atol=1e-5)
+        noisy = upcycle_model(dense, 4, 2, noise=0.01, seed=1).eval()
+        drift = (noisy(tokens).logits - expected).abs().max().item()
+    assert 0 < drift < 0.1
+    layer = noisy.moe_layers()[0]
+    assert not torch.equal(layer.gate[0], layer.gate[1]) and (layer.router.weight == 0).all()
+    with pytest.raises(ValueError, match="dense llama"):
+        upcycle_model(noisy, 4, 2)
