@@ -22,6 +22,7 @@ _INLINE = re.compile(r"`([^`]+)`|\*\*(.+?)\*\*|(?<![\w*])\*(?!\s)(.+?)(?<!\s)\*(
                      r"|(https?://[^\s<]+[^\s<.,;:!?)])")
 _LIST_ITEM = re.compile(r"^(\s*)([-*+]|\d+[.)])\s+(.*)$")
 _HEADING = re.compile(r"^(#{1,6})\s+(.*)$")
+_TABLE_RULE = re.compile(r"^\s*\|?\s*:?-+:?\s*(\|\s*:?-+:?\s*)*\|?\s*$")
 
 
 @dataclass(frozen=True)
@@ -75,6 +76,15 @@ def render_markdown(text: str, palette: Palette, *, first_code: int = 0) -> Rend
             codes.append(code)
         elif not line.strip():
             flush()
+        elif "|" in line and i + 1 < len(lines) and _TABLE_RULE.match(lines[i + 1]):
+            flush()
+            rows = [line]
+            i += 2
+            while i < len(lines) and "|" in lines[i] and lines[i].strip():
+                rows.append(lines[i])
+                i += 1
+            out.append(_table(rows, palette))
+            continue
         elif heading := _HEADING.match(line):
             flush()
             level = min(len(heading.group(1)) + 2, 6)  # headings inside a message stay modest
@@ -115,6 +125,15 @@ def _inline(text: str) -> str:
         last = m.end()
     parts.append(html.escape(text[last:]))
     return "".join(parts)
+
+
+def _table(rows: list[str], palette: Palette) -> str:
+    """A pipe table: the first row is the header (the rule line under it is already skipped)."""
+    cells = [[cell.strip() for cell in row.strip().strip("|").split("|")] for row in rows]
+    head = "".join(f"<th>{_inline(c)}</th>" for c in cells[0])
+    body = "".join("<tr>" + "".join(f"<td>{_inline(c)}</td>" for c in row) + "</tr>" for row in cells[1:])
+    return (f'<table cellpadding="4" cellspacing="0" border="1" style="border-color:{palette.muted}; '
+            f'margin: 4px 0"><tr>{head}</tr>{body}</table>')
 
 
 def _code_block(code: str, language: str, palette: Palette, number: int) -> str:

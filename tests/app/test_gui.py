@@ -329,6 +329,8 @@ def test_replies_render_markdown_and_code_without_running_markup() -> None:
     assert rendered.code_blocks == ["print('<b>')"]
     assert "<script>" not in rendered.html and "&lt;script&gt;" in rendered.html
     assert "color" in rendered.html  # pygments coloured the code
+    table = render_markdown("Prices:\n\n| Fruit | Price |\n|---|--:|\n| Apple | **1** |\n| Pear | 2 |\n\nDone.", LIGHT)
+    assert "<th>Fruit</th>" in table.html and "<td><b>1</b></td>" in table.html and "<p>Done.</p>" in table.html
 
 
 def test_every_control_has_an_accessible_name(qtbot: QtBot, open_window: Callable[..., MainWindow]) -> None:

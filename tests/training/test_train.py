@@ -47,7 +47,9 @@ def _trainer(tmp_path: Path, **changes: Any) -> Trainer:
 
 
 def _parameters(trainer: Trainer) -> dict[str, torch.Tensor]:
-    return {name: p.detach().clone() for name, p in trainer.model.named_parameters()}
+    """Every parameter whole (FSDP2 keeps a shard per rank: gathered here, on every rank)."""
+    return {name: (p.full_tensor() if hasattr(p, "full_tensor") else p).detach().clone()
+            for name, p in trainer.model.named_parameters()}
 
 
 def test_loss_falls_and_held_out_metrics_are_reported(tmp_path: Path) -> None:
@@ -135,7 +137,7 @@ def test_a_full_disk_while_checkpointing_leaves_the_previous_checkpoint(tmp_path
     assert resumed.resume() and resumed.step == 3
 
 
-def _ddp_rank(rank: int, output: str, port: int) -> None:
+def _ddp_rank(rank: int, output: str, port: int, parallel: str) -> None:
     # gloo picks its network interface from the host name, which can hang in containers: use loopback.
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), WORLD_SIZE="2", RANK=str(rank),
                       GLOO_SOCKET_IFNAME="lo")
@@ -144,28 +146,31 @@ def _ddp_rank(rank: int, output: str, port: int) -> None:
     trace = (Path(output) / f"rank{rank}-stack.txt").open("w")
     faulthandler.dump_traceback_later(90, exit=True, file=trace)
     torch.distributed.init_process_group("gloo", timeout=datetime.timedelta(seconds=60))
-    trainer = Trainer(MODEL, TrainConfig(steps=3, checkpoint_every=100, output=output), Synthetic(),
-                      device=torch.device("cpu"))
+    trainer = Trainer(MODEL, TrainConfig(steps=3, checkpoint_every=100, output=output, parallel=parallel),  # type: ignore[arg-type]
+                      Synthetic(), device=torch.device("cpu"))
     for _ in range(3):
         trainer.train_step()
         trainer.step += 1
+    whole = _parameters(trainer)  # a collective under FSDP2: every rank takes part
     if rank == 0:
-        torch.save(_parameters(trainer), Path(output) / "ddp.pt")
+        torch.save(whole, Path(output) / "ddp.pt")
     torch.distributed.destroy_process_group()
     faulthandler.cancel_dump_traceback_later()
     trace.close()
 
 
-def test_two_rank_ddp_on_gloo_equals_one_process(tmp_path: Path) -> None:
+@pytest.mark.parametrize("parallel", ["ddp", "fsdp"])
+def test_two_ranks_on_gloo_equal_one_process(tmp_path: Path, parallel: str) -> None:
+    """DDP, and FSDP2 (`fully_shard`), over two processes train exactly as one process does."""
     (tmp_path / "ddp").mkdir()
     with socket.socket() as probe:  # a port nobody else is using right now
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
     try:
-        mp.spawn(_ddp_rank, args=(str(tmp_path / "ddp"), port), nprocs=2)
+        mp.spawn(_ddp_rank, args=(str(tmp_path / "ddp"), port, parallel), nprocs=2)
     except mp.ProcessExitedException:
         stacks = "\n".join(p.read_text() for p in sorted((tmp_path / "ddp").glob("rank*-stack.txt")))
-        pytest.fail(f"a DDP rank did not finish:\n{stacks}")
+        pytest.fail(f"a {parallel} rank did not finish:\n{stacks}")
     ddp = torch.load(tmp_path / "ddp" / "ddp.pt")
     # One process, two micro-batches per step: batch index i is (step i // 2, rank i % 2) of the DDP run.
     single = Trainer(MODEL, TrainConfig(steps=3, micro_batches=2, output=str(tmp_path / "one")), Synthetic())
