@@ -155,7 +155,9 @@ class ModelsDialog(QDialog):
         self.fetcher.finished.connect(self._on_finished)
         self.fetcher.failed.connect(self._on_failed)
         self._thread.start()
-        self.finished.connect(lambda _: self.close_downloads())
+        # Closing the manager cancels a download (it resumes later); the thread lives as long as
+        # the dialog, which the window keeps and shows again.
+        self.finished.connect(lambda _: self.fetcher.cancelled.set())
 
     def show_models(self, listed: ModelList) -> None:
         self.models = list(listed.models)

@@ -408,6 +408,8 @@ def test_the_model_manager_downloads_checks_and_reports_a_wrong_hash(qtbot: QtBo
         assert dialog.progress["model.gguf"].value() == 1000
         assert (folders().models / "model.gguf").read_bytes() == PAYLOAD
 
+        dialog.reject()  # closing the manager and opening it again keeps downloads working
+        dialog.show()
         dialog.downloads.selectRow(1)
         dialog.download_button.click()
         qtbot.waitUntil(lambda: "sha256" in dialog.download_note.text(), timeout=30_000)
