@@ -96,10 +96,6 @@ class ChatController(QObject):
             self._thread.quit()
             self._thread.wait(timeout_ms)
 
-    @property
-    def engine_thread(self) -> QThread:
-        return self._thread
-
     # --- intents ----------------------------------------------------------------------------------------
 
     def send(self, text: str) -> bool:

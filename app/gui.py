@@ -57,8 +57,8 @@ FIRST_PAINT_VARIABLE = "CLEO_QUIT_AFTER_FIRST_PAINT"  # for bench/bundle.py: pri
 
 
 class _FirstPaint(QObject):
-    def __init__(self, app: QApplication) -> None:
-        super().__init__()
+    def __init__(self, app: QApplication, window: MainWindow) -> None:
+        super().__init__(window)  # owned by the window, so it lives as long as the window
         self._app = app
 
     def eventFilter(self, watched: QObject, event: QEvent) -> bool:
@@ -70,8 +70,7 @@ class _FirstPaint(QObject):
 
 
 def _quit_after_first_paint(app: QApplication, window: MainWindow) -> None:
-    window.first_paint = _FirstPaint(app)  # type: ignore[attr-defined]  # kept alive with the window
-    window.installEventFilter(window.first_paint)  # type: ignore[attr-defined]
+    window.installEventFilter(_FirstPaint(app, window))
 
 
 def _reporting_bugs(window: MainWindow):  # type: ignore[no-untyped-def]

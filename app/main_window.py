@@ -203,6 +203,7 @@ class MainWindow(QMainWindow):
 
         self._menus()
         self._connect(worker)
+        QGuiApplication.styleHints().colorSchemeChanged.connect(lambda _: self._follow_scheme())
         self._apply_look(settings)
         self._restore_state()
         self._show_personas(None)
@@ -333,14 +334,14 @@ class MainWindow(QMainWindow):
         if ok and title.strip():
             self.controller.change_conversation(summary.id, title=title.strip())
 
-    def delete_conversation(self, summary: ConversationSummary, *, confirm: bool = True) -> None:
+    def delete_conversation(self, summary: ConversationSummary) -> None:
         box = QMessageBox(QMessageBox.Icon.Warning, self.tr("Delete chat"),
                           self.tr("Delete “%1” and all its messages? This cannot be undone.")
                           .replace("%1", summary.title),
                           QMessageBox.StandardButton.Yes | QMessageBox.StandardButton.No, self)
         forget = QCheckBox(self.tr("Also forget what Cleo learned from this chat"))
         box.setCheckBox(forget)
-        if not confirm or box.exec() == QMessageBox.StandardButton.Yes:
+        if box.exec() == QMessageBox.StandardButton.Yes:
             self.controller.delete_conversation(summary.id, forget_its_memories=forget.isChecked())
 
     def open_settings(self) -> None:
@@ -513,9 +514,6 @@ class MainWindow(QMainWindow):
         if hasattr(hints, "setColorScheme"):
             hints.setColorScheme(scheme)
         self._follow_scheme()
-        if not getattr(self, "_follows_os", False):
-            hints.colorSchemeChanged.connect(lambda _: self._follow_scheme())
-            self._follows_os = True
         font = self.chat.font()
         font.setPointSize(settings.font_size)
         self.chat.setFont(font)

@@ -426,11 +426,8 @@ class EngineWorker(QObject):
         store = cleo.memories.store
         conversation = store.conversation(conversation_id)
         messages = store.branch(conversation.current_leaf_id)
-        alternatives = {}
-        for message in messages:
-            siblings = store.alternatives(message.id)
-            if len(siblings) > 1:
-                alternatives[message.id] = ([s.id for s in siblings].index(message.id) + 1, len(siblings))
+        positions = store.alternative_positions(conversation_id)
+        alternatives = {m.id: positions[m.id] for m in messages if m.id in positions}
         return ConversationView(conversation.id, conversation.title, tuple(messages), alternatives,
                                 instructions=conversation.system_prompt, model=store.chat_model(conversation_id),
                                 temporary=store.is_temporary(conversation_id),

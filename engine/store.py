@@ -145,6 +145,17 @@ class SqliteConversationStore:
             "ORDER BY created_at, rowid", (message.conversation_id, message.parent_id)).fetchall()
         return [_message(r) for r in rows]
 
+    def alternative_positions(self, conversation_id: str) -> dict[str, tuple[int, int]]:
+        """For each message of the conversation that has alternatives: its place among them (from 1)
+        and their number, in `alternatives`' order. One query, for a whole conversation at once."""
+        siblings: dict[str | None, list[str]] = {}
+        for message_id, parent_id in self.conn.execute(
+                "SELECT id, parent_id FROM messages WHERE conversation_id = ? ORDER BY created_at, rowid",
+                (conversation_id,)):
+            siblings.setdefault(parent_id, []).append(message_id)
+        return {message_id: (i, len(group)) for group in siblings.values() if len(group) > 1
+                for i, message_id in enumerate(group, 1)}
+
     def latest_leaf(self, message_id: str) -> str:
         """The end of the branch through `message_id`, following the newest reply at each step:
         where the window goes when the user picks another alternative of a message."""

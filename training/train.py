@@ -177,8 +177,10 @@ class Trainer:
 
     def _packing(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor | None, torch.Tensor | None]:
         """Positions and document numbers of a packed batch, if it has them (plain batches do not)."""
-        return tuple(batch[k].to(self.device) if k in batch else None  # type: ignore[return-value]
-                     for k in ("position_ids", "segment_ids"))
+        def on_device(key: str) -> torch.Tensor | None:
+            return batch[key].to(self.device) if key in batch else None
+
+        return on_device("position_ids"), on_device("segment_ids")
 
     @torch.no_grad()
     def evaluate(self) -> dict[str, float]:
