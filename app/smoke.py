@@ -87,9 +87,30 @@ def _run(home: Path) -> tuple[bool, dict[str, object]]:
         remembered = [e.text for e in events if isinstance(e, MemoryUpdated)]
         recalled = [item.text for e in events if isinstance(e, Recalled) for item in e.items]
         report.update(remembered=remembered, recalled=recalled)
+        report["sorting"] = _sorting()
         ok = any("teal" in t for t in remembered) and any("teal" in t for t in recalled) and \
-            all(report[f"{s}_reply"] for s in ("remember", "recall"))
+            all(report[f"{s}_reply"] for s in ("remember", "recall")) and report["sorting"] == "ok"
         return ok, {**report, "errors": errors}
     finally:
         window.close()
         app.processEvents()
+
+
+def _sorting() -> str:
+    """Names sort the way people read them, per language (QCollator, i.e. the ICU collation data
+    the Linux build keeps in its slimmed ICU; file dialogs sort with it). Without that data Qt
+    compares code points: "Banana" before "apple", "chat 10" before "chat 2", "å" after "z"."""
+    from functools import cmp_to_key
+
+    from PySide6.QtCore import QCollator, QLocale
+
+    names = ["zebra", "chat 10", "ångström", "Banana", "chat 2", "apple"]
+    expected = {"en_US": ["ångström", "apple", "Banana", "chat 2", "chat 10", "zebra"],
+                "sv_SE": ["apple", "Banana", "chat 2", "chat 10", "zebra", "ångström"]}
+    for locale, order in expected.items():
+        collator = QCollator(QLocale(locale))
+        collator.setNumericMode(True)
+        got = sorted(names, key=cmp_to_key(collator.compare))
+        if got != order:
+            return f"{locale} sorts {got}"
+    return "ok"

@@ -13,14 +13,18 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import platform
 import shutil
+import stat
 import subprocess
 import sys
 import tarfile
+import tempfile
 import time
 import tomllib
+from collections.abc import Iterator
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -51,9 +55,11 @@ def main(argv: list[str]) -> int:
                    check=True, env=env, cwd=ROOT)
     print(f"built in {time.monotonic() - start:.0f} s")
     if sys.platform.startswith("linux"):
-        _strip_python(DIST / "Cleo" / "_internal")
+        _strip_symbols(DIST / "Cleo" / "_internal")
     app = _frozen_executable()
-    smoke_test(app)
+    smoke_test(app, _install_folder())
+    if sys.platform.startswith("linux"):
+        window_test(app)
     if args.no_archive:
         return 0
     if sys.platform.startswith("linux"):
@@ -65,15 +71,27 @@ def main(argv: list[str]) -> int:
     return 0
 
 
-def _strip_python(internal: Path) -> None:
-    """Drop the debug symbols of Python's own library and extension modules (~25 MB when Python was
-    built with them). Only these: stripping numpy's OpenBLAS corrupts it (FACTS.md)."""
+def _strip_symbols(internal: Path) -> None:
+    """Drop symbol tables and debug info, which nothing at run time reads (~11 MB: sqlean and
+    PyYAML ship debug info, ICU and Python their symbol tables). Not numpy's files: auditwheel
+    rewrote them with patchelf, and strip corrupts its OpenBLAS (FACTS.md)."""
     strip = shutil.which("strip")
     if strip is None:
-        print("strip not found: the bundle keeps Python's debug symbols")
+        print("strip not found: the bundle keeps its libraries' symbols")
         return
-    targets = [*internal.glob("libpython3*.so*"), *internal.glob("python3*/lib-dynload/*.so")]
-    subprocess.run([strip, "--strip-debug", *map(str, targets)], check=True)
+    targets = [path for path in internal.rglob("*.so*")
+               if path.is_file() and not path.is_symlink() and not {"numpy", "numpy.libs"} & set(path.parts)
+               and _has_symbols(path)]
+    subprocess.run([strip, "--strip-unneeded", *map(str, targets)], check=True)
+
+
+def _has_symbols(library: Path) -> bool:
+    sections = subprocess.run(["readelf", "-S", "-W", str(library)], capture_output=True, text=True).stdout
+    return any(name in sections for name in (" .symtab ", " .debug_info "))
+
+
+def _install_folder() -> Path:
+    return DIST / ("Cleo.app" if sys.platform == "darwin" else "Cleo")
 
 
 def _frozen_executable() -> Path:
@@ -82,13 +100,56 @@ def _frozen_executable() -> Path:
     return DIST / "Cleo" / ("cleo.exe" if sys.platform == "win32" else "cleo")
 
 
-def smoke_test(app: Path) -> None:
-    """Run the frozen app's smoke test with a clean environment; raise on failure or stray stderr."""
+def smoke_test(app: Path, install: Path) -> None:
+    """Run the frozen app's smoke test with a clean environment and its install folder read-only
+    (as under /opt or Program Files); raise on failure, on stray stderr, or if the app wrote
+    anything into the install folder (all data belongs in the user's folders)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("CLEO_", "PYTHON", "QT_"))}
-    result = subprocess.run([str(app), "--smoke-test"], capture_output=True, text=True, env=env, timeout=600)
+    before = _snapshot(install)
+    with _read_only(install):
+        result = subprocess.run([str(app), "--smoke-test"], capture_output=True, text=True, env=env, timeout=600)
     print(result.stdout.strip())
     if result.returncode != 0 or result.stderr.strip():
         raise SystemExit(f"smoke test of {app} failed (exit {result.returncode}); stderr:\n{result.stderr}")
+    written = sorted({p for p, _ in set(before.items()) ^ set(_snapshot(install).items())})
+    if written:
+        raise SystemExit(f"the smoke test wrote into the install folder {install}: {', '.join(written[:10])}")
+
+
+def window_test(app: Path) -> None:
+    """Open the frozen app's window on a real X server (Xvfb) rather than Qt's offscreen
+    platform: this is what finds an xcb plugin whose libraries the bundle lacks, which no
+    offscreen run can (Qt then aborts before the window exists)."""
+    xvfb_run = shutil.which("xvfb-run")
+    if xvfb_run is None:
+        print("xvfb-run not found: the window was not opened on X11 (install xvfb to check it)")
+        return
+    with tempfile.TemporaryDirectory(prefix="cleo-window-") as home:
+        env = {**{k: v for k, v in os.environ.items() if not k.startswith(("CLEO_", "PYTHON", "QT_"))},
+               "CLEO_HOME": home, "CLEO_QUIT_AFTER_FIRST_PAINT": "1"}
+        result = subprocess.run([xvfb_run, "-a", "-s", "-screen 0 1280x800x24", str(app)], capture_output=True,
+                                text=True, env=env, timeout=120)
+    if result.returncode != 0 or "painted" not in result.stdout.split():
+        raise SystemExit(f"{app} did not open its window on X11 (exit {result.returncode}); stderr:\n{result.stderr}")
+    print("window opened and painted on X11 (Xvfb)")
+
+
+def _snapshot(folder: Path) -> dict[str, tuple[int, int]]:
+    return {str(p.relative_to(folder)): (p.lstat().st_size, p.lstat().st_mtime_ns) for p in folder.rglob("*")}
+
+
+@contextlib.contextmanager
+def _read_only(folder: Path) -> Iterator[None]:
+    """Take away write permission under `folder` for the duration (root ignores it; the snapshot
+    comparison in `smoke_test` still catches writes there)."""
+    modes = {p: p.lstat().st_mode for p in [folder, *folder.rglob("*")] if not p.is_symlink()}
+    for path, mode in modes.items():
+        path.chmod(stat.S_IMODE(mode) & ~0o222)
+    try:
+        yield
+    finally:
+        for path, mode in modes.items():
+            path.chmod(stat.S_IMODE(mode))
 
 
 def _linux_package(version: str) -> None:
