@@ -6,9 +6,10 @@ import logging
 import os
 import sys
 import traceback
+from collections import deque
 from types import TracebackType
 
-from PySide6.QtCore import QEvent, QObject, QTimer
+from PySide6.QtCore import QEvent, QMessageLogContext, QObject, QTimer, QtMsgType, qInstallMessageHandler
 from PySide6.QtWidgets import QApplication, QMessageBox
 
 from app.main_window import MainWindow
@@ -35,7 +36,9 @@ def run(argv: list[str] | None = None) -> int:
               "unset). Run it from your desktop session, or use `cleo chat` in this terminal.", file=sys.stderr)
         return 2
     setup_logging()
+    app_started = qt_messages_to_the_log()
     app = QApplication.instance() or QApplication(argv or sys.argv[:1])
+    app_started.append(True)
     assert isinstance(app, QApplication)
     app.setApplicationName("Cleo")
     app.setStyle("Fusion")
@@ -51,6 +54,37 @@ def run(argv: list[str] | None = None) -> int:
     code = app.exec()
     window.close()  # however the loop ended, the engine's thread is closed before Python exits
     return code
+
+
+def qt_messages_to_the_log() -> list[bool]:
+    """Send Qt's messages to Cleo's log: a double-clicked app has no terminal. Qt ends a fatal
+    message with abort(), a core dump; before the application exists that means no display Qt
+    could use (DISPLAY names a dead X server, a Wayland socket is gone, a library is missing), so
+    say that plainly, with Qt's reasons, and exit 2 instead. Returns a list to append to once
+    the application exists."""
+    qt_log = logging.getLogger("qt")
+    recent: deque[str] = deque(maxlen=6)
+    started: list[bool] = []
+
+    def handle(kind: QtMsgType, _context: QMessageLogContext, text: str) -> None:
+        if kind != QtMsgType.QtFatalMsg:
+            recent.append(text)
+            qt_log.log(logging.DEBUG if kind == QtMsgType.QtDebugMsg else logging.WARNING, text)
+            return
+        qt_log.critical(text)
+        if started:
+            message = f"Cleo stopped on an error inside Qt: {text}"
+        else:
+            where = ", ".join(f"{name}={os.environ.get(name) or '(unset)'}" for name in ("DISPLAY", "WAYLAND_DISPLAY"))
+            reasons = "\n".join(f"  {line}" for line in (*recent, text.splitlines()[0]))
+            message = (f"Cleo could not open its window: no display it could use was found ({where}).\n{reasons}\n"
+                       "Run Cleo from your desktop session, or use `cleo chat` in this terminal.")
+        print(message, file=sys.stderr, flush=True)
+        logging.shutdown()
+        os._exit(2)  # returning would let Qt abort()
+
+    qInstallMessageHandler(handle)
+    return started
 
 
 FIRST_PAINT_VARIABLE = "CLEO_QUIT_AFTER_FIRST_PAINT"  # for bench/bundle.py: print "painted" and quit

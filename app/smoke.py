@@ -36,11 +36,10 @@ def run() -> int:
 
 
 def _run(home: Path) -> tuple[bool, dict[str, object]]:
-    import logging
-
-    from PySide6.QtCore import QCoreApplication, QtMsgType, qInstallMessageHandler
+    from PySide6.QtCore import QCoreApplication
     from PySide6.QtWidgets import QApplication
 
+    from app.gui import qt_messages_to_the_log
     from app.main_window import MainWindow
     from app.worker import EngineWorker
     from engine.events import MemoryUpdated, Recalled
@@ -48,10 +47,9 @@ def _run(home: Path) -> tuple[bool, dict[str, object]]:
     from engine.settings import Settings
 
     setup_logging()
-    qt_log = logging.getLogger("qt")
-    qInstallMessageHandler(lambda kind, _, text: qt_log.log(
-        logging.WARNING if kind != QtMsgType.QtDebugMsg else logging.DEBUG, text))
+    app_started = qt_messages_to_the_log()
     app = QApplication.instance() or QApplication([sys.argv[0]])
+    app_started.append(True)
     settings = Settings(threads=1, max_tokens=24, temperature=0.0, seed=1, ask_before_remembering=False)
     window = MainWindow(settings, EngineWorker(settings))
     window.show_error = lambda error: None  # type: ignore[method-assign]  # no one is there to close a dialog

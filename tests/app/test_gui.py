@@ -475,6 +475,12 @@ def test_without_a_display_cleo_says_so_instead_of_crashing(tmp_path: Path) -> N
     env = {k: v for k, v in os.environ.items() if k not in ("DISPLAY", "WAYLAND_DISPLAY", "QT_QPA_PLATFORM")}
     result = subprocess.run([sys.executable, "-m", "app"], capture_output=True, text=True, env=env, timeout=60)
     assert result.returncode == 2 and "needs a desktop" in result.stderr and "cleo chat" in result.stderr
+    # A display that is named but not there: Qt would abort (a core dump); Cleo explains instead.
+    result = subprocess.run([sys.executable, "-m", "app"], capture_output=True, text=True, timeout=60,
+                            env={**env, "DISPLAY": ":77", "CLEO_HOME": str(tmp_path)})
+    assert result.returncode == 2, result.stderr
+    assert "could not open its window" in result.stderr and "DISPLAY=:77" in result.stderr
+    assert "could not connect to display :77" in result.stderr and "cleo chat" in result.stderr
 
 
 def test_a_missing_default_model_opens_the_model_manager_and_says_why(
