@@ -131,6 +131,8 @@ class EngineWorker(QObject):
         self.ready.emit(self._model_state())
         self._list_conversations()
         self._list_memories()
+        if self.cleo.assistant.learning_pending:  # what the last session did not get to
+            self._learn_when_idle()
 
     @Slot(str, str, bool, str)
     def send(self, conversation_id: str, text: str, temporary: bool, instructions: str) -> None:
@@ -354,14 +356,19 @@ class EngineWorker(QObject):
             self._list_conversations()
             if self._open_conversation == conversation_id:
                 self.conversationLoaded.emit(self._view(self.cleo, conversation_id))
+        self._learn_when_idle()
+
+    def _learn_when_idle(self) -> None:
         if self._learn_timer is not None:
             self._learn_timer.start(_LEARN_WHEN_IDLE_MS)
 
     def _learn(self) -> None:
+        """One model call's worth of learning per visit to the event loop, so a message the user
+        sends meanwhile is answered after at most one; what is left resumes once they are idle."""
         if self.cleo is None or self._turn is not None:
             return
         try:
-            updates = self.cleo.assistant.learn()
+            updates = self.cleo.assistant.learn(at_most=1)
         except KnownError as exc:
             log.warning("learning from the last turns failed: %s", exc.message)
             return
@@ -372,6 +379,8 @@ class EngineWorker(QObject):
             for update in updates:
                 self.turnEvent.emit(self._open_conversation or "", update)
             self._list_memories()
+        if self.cleo.assistant.learning_pending:
+            QTimer.singleShot(0, self._learn)
 
     # --- helpers ----------------------------------------------------------------------------------------
 
@@ -402,7 +411,9 @@ class EngineWorker(QObject):
             store.close_temporary(conversation_id)
             self._list_conversations()
         else:
-            cleo.assistant.finish(conversation_id)
+            cleo.assistant.finish(conversation_id)  # may leave a summary to write
+            if self._turn is None:
+                self._learn_when_idle()
 
     def _switch_model_for(self, cleo: Cleo, conversation_id: str) -> None:
         """Load the model this chat uses (its own, else the settings') if another one is loaded."""

@@ -59,8 +59,15 @@ class Memory(Protocol):
         """Turns that no longer fit in the context; memory may summarise them."""
         ...
 
-    def learn(self, ask: Callable[[list[dict[str, str]], dict[str, Any]], Any]) -> list[MemoryUpdated]:
-        """Learn from finished turns with the model (`ask` gets a chat and a JSON schema)."""
+    def learn(self, ask: Callable[[list[dict[str, str]], dict[str, Any]], Any], *,
+              at_most: int | None = None) -> list[MemoryUpdated]:
+        """Learn from finished turns with the model (`ask` gets a chat and a JSON schema), at most
+        `at_most` model calls' worth; the rest stays pending."""
+        ...
+
+    @property
+    def learning_pending(self) -> bool:
+        """Whether `learn` has work left."""
         ...
 
     def conversation_finished(self, conversation_id: str) -> None:
@@ -86,8 +93,13 @@ class NoMemory:
     def on_evict(self, conversation_id: str, messages: Sequence[Message]) -> None:
         pass
 
-    def learn(self, ask: Callable[[list[dict[str, str]], dict[str, Any]], Any]) -> list[MemoryUpdated]:
+    def learn(self, ask: Callable[[list[dict[str, str]], dict[str, Any]], Any], *,
+              at_most: int | None = None) -> list[MemoryUpdated]:
         return []
+
+    @property
+    def learning_pending(self) -> bool:
+        return False
 
     def conversation_finished(self, conversation_id: str) -> None:
         pass
@@ -143,9 +155,14 @@ class Assistant:
         """The user left the conversation; the next `learn` summarises it for episodic memory."""
         self.memory.conversation_finished(conversation_id)
 
-    def learn(self) -> list[MemoryUpdated]:
-        """Let memory learn from the turns since the last call; run it when the user is not waiting."""
-        return self.memory.learn(self.ask_json)
+    def learn(self, *, at_most: int | None = None) -> list[MemoryUpdated]:
+        """Let memory learn from the turns since the last call; run it when the user is not waiting.
+        `at_most` bounds the model calls; `learning_pending` tells whether work is left."""
+        return self.memory.learn(self.ask_json, at_most=at_most)
+
+    @property
+    def learning_pending(self) -> bool:
+        return self.memory.learning_pending
 
     def ask_json(self, messages: list[dict[str, str]], schema: dict[str, Any]) -> Any:
         """A side question to the model, answered as JSON following `schema`.

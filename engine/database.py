@@ -168,6 +168,17 @@ CREATE TRIGGER memories_vector_stale AFTER UPDATE OF content ON memories BEGIN
   DELETE FROM memory_vectors WHERE rowid = old.rowid;
 END;
 """),
+    # What memory has still to learn from: kept on disk so that closing Cleo (or a crash) before
+    # the idle moment when learning runs does not lose it.
+    Migration("0004-learning-queue", """
+CREATE TABLE learning_queue (
+  id INTEGER PRIMARY KEY,  -- order of arrival
+  conversation_id TEXT NOT NULL REFERENCES conversations(id) ON DELETE CASCADE,
+  kind TEXT NOT NULL CHECK (kind IN ('turn', 'summary')),
+  message_ids TEXT NOT NULL,  -- JSON list, in conversation order
+  queued_at REAL NOT NULL
+);
+"""),
 ]
 
 

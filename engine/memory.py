@@ -13,6 +13,7 @@ episodic summaries of finished conversations and of turns that left the context.
 
 from __future__ import annotations
 
+import json
 import logging
 import re
 import time
@@ -23,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from engine.conversations import Message
+from engine.conversations import ConversationMissing, Message
 from engine.database import Database
 from engine.errors import KnownError
 from engine.events import MemoryUpdated, RecalledItem, Recollection
@@ -373,8 +374,6 @@ class MemoryHooks:
         self.store = store
         self.ask_before_remembering = ask_before_remembering
         self.recall_k = recall_k
-        self._to_learn_from: list[tuple[str, list[Message]]] = []
-        self._to_summarise: list[tuple[str, list[Message]]] = []
 
     def _enabled(self, conversation_id: str) -> bool:
         return self.store.memory_enabled(conversation_id)
@@ -432,30 +431,66 @@ class MemoryHooks:
         if not self.store.is_temporary(conversation_id):
             self.book.embed_messages(messages)
         if self._enabled(conversation_id):
-            self._to_learn_from.append((conversation_id, list(messages)))
+            self._queue("turn", conversation_id, messages)
 
-    def learn(self, ask: AskJson) -> list[MemoryUpdated]:
-        """Let the model decide what the finished turns teach about the user (ADD / SUPERSEDE / NONE).
+    def learn(self, ask: AskJson, *, at_most: int | None = None) -> list[MemoryUpdated]:
+        """Let the model decide what the finished turns teach about the user (ADD / SUPERSEDE / NONE),
+        after summarising the turns that left the context.
 
         Run when the user is not waiting (after a reply, when idle). With "ask before remembering"
-        on, what it decides goes to the inbox instead of memory.
+        on, what it decides goes to the inbox instead of memory. `at_most` bounds the turns and
+        summaries handled (one model call each), so the caller can serve the user in between;
+        the rest waits for the next call (`learning_pending`).
         """
-        updates = self._summarise(ask)
-        while self._to_learn_from:
-            conversation_id, messages = self._to_learn_from.pop(0)
-            user = next((m for m in messages if m.role == "user"), None)
-            if user is None or _REMEMBER.match(user.content) or _FORGET.match(user.content):
-                continue  # explicit requests were handled when they were said
-            known = self._related_memories(user.content)
-            try:
-                decision = ask(_extraction_prompt(known, messages), EXTRACTION_SCHEMA)
-            except KnownError as exc:
-                log.warning("could not learn from a turn in %s: %s", conversation_id, exc.message)
-                continue
-            update = self._apply(decision, known, conversation_id, user)
+        updates: list[MemoryUpdated] = []
+        done = 0
+        while (at_most is None or done < at_most) and (queued := self._next_queued()) is not None:
+            done += 1
+            kind, conversation_id, messages = queued
+            update = (self._summarise(ask, conversation_id, messages) if kind == "summary"
+                      else self._learn_from(ask, conversation_id, messages))
             if update is not None:
                 updates.append(update)
         return updates
+
+    @property
+    def learning_pending(self) -> bool:
+        return self.book.conn.execute("SELECT 1 FROM learning_queue LIMIT 1").fetchone() is not None
+
+    def _queue(self, kind: str, conversation_id: str, messages: Sequence[Message]) -> None:
+        with self.book.database.write() as conn:
+            conn.execute("INSERT INTO learning_queue (conversation_id, kind, message_ids, queued_at) "
+                         "VALUES (?, ?, ?, ?)", (conversation_id, kind, json.dumps([m.id for m in messages]),
+                                                 time.time()))
+
+    def _next_queued(self) -> tuple[str, str, list[Message]] | None:
+        """Take the oldest queued work, summaries first (they cover turns that left the context).
+        It leaves the queue before the model is asked: work that failed is not retried forever."""
+        row = self.book.conn.execute("SELECT id, kind, conversation_id, message_ids FROM learning_queue "
+                                     "ORDER BY kind = 'summary' DESC, id LIMIT 1").fetchone()
+        if row is None:
+            return None
+        with self.book.database.write() as conn:
+            conn.execute("DELETE FROM learning_queue WHERE id = ?", (row[0],))
+        messages = []
+        for message_id in json.loads(row[3]):
+            try:
+                messages.append(self.store.message(message_id))
+            except ConversationMissing:
+                continue  # deleted since (its chat's queue entries go with the chat)
+        return row[1], row[2], messages
+
+    def _learn_from(self, ask: AskJson, conversation_id: str, messages: list[Message]) -> MemoryUpdated | None:
+        user = next((m for m in messages if m.role == "user"), None)
+        if user is None or _REMEMBER.match(user.content) or _FORGET.match(user.content):
+            return None  # explicit requests were handled when they were said
+        known = self._related_memories(user.content)
+        try:
+            decision = ask(_extraction_prompt(known, messages), EXTRACTION_SCHEMA)
+        except KnownError as exc:
+            log.warning("could not learn from a turn in %s: %s", conversation_id, exc.message)
+            return None
+        return self._apply(decision, known, conversation_id, user)
 
     def _related_memories(self, text: str) -> list[MemoryRecord]:
         found = self.recall.search(text, k=8, messages=False)
@@ -484,7 +519,7 @@ class MemoryHooks:
     def on_evict(self, conversation_id: str, messages: Sequence[Message]) -> None:
         """Turns that left the context are summarised by `learn`, so they stay recallable."""
         if messages and self._enabled(conversation_id):
-            self._to_summarise.append((conversation_id, list(messages)))
+            self._queue("summary", conversation_id, messages)
 
     def conversation_finished(self, conversation_id: str) -> None:
         """The user left the conversation: `learn` summarises what was not summarised yet."""
@@ -496,34 +531,32 @@ class MemoryHooks:
             "SELECT last_message_id FROM summaries WHERE conversation_id = ?", (conversation_id,))}
         last_done = max((i for i, m in enumerate(messages) if m.id in done), default=-1)
         if len(messages) - last_done - 1 >= 2:  # at least one exchange since the last summary
-            self._to_summarise.append((conversation_id, messages[last_done + 1:]))
+            self._queue("summary", conversation_id, messages[last_done + 1:])
 
-    def _summarise(self, ask: AskJson) -> list[MemoryUpdated]:
-        updates = []
-        while self._to_summarise:
-            conversation_id, messages = self._to_summarise.pop(0)
-            exchange = "\n".join(f"{'User' if m.role == 'user' else 'Assistant'}: {_shorten(m.content, 600)}"
-                                  for m in messages[-_SUMMARY_MESSAGES:])
-            try:
-                answer = ask([{"role": "system", "content": _SUMMARY_INSTRUCTIONS},
-                              {"role": "user", "content": exchange}], SUMMARY_SCHEMA)
-            except KnownError as exc:
-                log.warning("could not summarise conversation %s: %s", conversation_id, exc.message)
-                continue
-            summary = str(answer.get("summary", "")).strip() if isinstance(answer, dict) else ""
-            if len(summary) < 10:
-                continue
-            day = time.strftime("%Y-%m-%d", time.localtime(messages[0].created_at))
-            action, memory = self.book.add(f"On {day}: {summary}", "event", importance=0.3,
-                                           reason="summary of a conversation", source_message_id=messages[-1].id,
-                                           source_conversation_id=conversation_id)
-            with self.book.database.write() as conn:
-                conn.execute("INSERT INTO summaries (id, conversation_id, content, first_message_id, last_message_id, "
-                             "memory_id, created_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
-                             (uuid.uuid4().hex, conversation_id, memory.content, messages[0].id, messages[-1].id,
-                              memory.id, time.time()))
-            updates.append(MemoryUpdated(action, memory.id, memory.content))
-        return updates
+    def _summarise(self, ask: AskJson, conversation_id: str, messages: list[Message]) -> MemoryUpdated | None:
+        if not messages:
+            return None
+        exchange = "\n".join(f"{'User' if m.role == 'user' else 'Assistant'}: {_shorten(m.content, 600)}"
+                              for m in messages[-_SUMMARY_MESSAGES:])
+        try:
+            answer = ask([{"role": "system", "content": _SUMMARY_INSTRUCTIONS},
+                          {"role": "user", "content": exchange}], SUMMARY_SCHEMA)
+        except KnownError as exc:
+            log.warning("could not summarise conversation %s: %s", conversation_id, exc.message)
+            return None
+        summary = str(answer.get("summary", "")).strip() if isinstance(answer, dict) else ""
+        if len(summary) < 10:
+            return None
+        day = time.strftime("%Y-%m-%d", time.localtime(messages[0].created_at))
+        action, memory = self.book.add(f"On {day}: {summary}", "event", importance=0.3,
+                                       reason="summary of a conversation", source_message_id=messages[-1].id,
+                                       source_conversation_id=conversation_id)
+        with self.book.database.write() as conn:
+            conn.execute("INSERT INTO summaries (id, conversation_id, content, first_message_id, last_message_id, "
+                         "memory_id, created_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                         (uuid.uuid4().hex, conversation_id, memory.content, messages[0].id, messages[-1].id,
+                          memory.id, time.time()))
+        return MemoryUpdated(action, memory.id, memory.content)
 
 
 def _describe(item: RecalledItem) -> str:

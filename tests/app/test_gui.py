@@ -491,3 +491,58 @@ def test_a_missing_default_model_opens_the_model_manager_and_says_why(
     qtbot.waitUntil(lambda: bool(errors), timeout=30_000)
     assert "cleo-moe-4x135m-q4_1.gguf does not exist" in errors[0] and "choose another model" in errors[0]
     assert window.models_dialog is not None and window.models_dialog.isVisible()
+
+
+def test_a_message_sent_while_cleo_learns_waits_for_one_learning_step_not_all(
+        qtbot: QtBot, open_window: Callable[..., MainWindow], monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("app.worker._LEARN_WHEN_IDLE_MS", 50)
+    window = open_window()
+    assert window.worker.cleo is not None
+    assistant = window.worker.cleo.assistant
+    steps_done: list[float] = []
+
+    class SlowLearning:  # scripted: the point is when the worker learns, not what it learns
+        def __init__(self, memory: Any) -> None:
+            self._memory, self.left = memory, 4
+
+        def __getattr__(self, name: str) -> Any:
+            return getattr(self._memory, name)
+
+        @property
+        def learning_pending(self) -> bool:
+            return self.left > 0
+
+        def learn(self, ask: Any, *, at_most: int | None = None) -> list[Any]:
+            for _ in range(min(at_most or self.left, self.left)):
+                time.sleep(0.4)  # one model call
+                self.left -= 1
+                steps_done.append(time.monotonic())
+            return []
+
+    learning = SlowLearning(assistant.memory)
+    assistant.memory = learning
+    replies_started: list[float] = []
+    window.worker.busyChanged.connect(lambda busy: replies_started.append(time.monotonic()) if busy else None)
+    _send(qtbot, window, "Hello")  # learning starts once the reply is done and the user is idle
+    qtbot.waitUntil(lambda: len(steps_done) >= 1, timeout=10_000)
+    sent = time.monotonic()
+    _send(qtbot, window, "And another thing")
+    assert sum(sent < t < replies_started[-1] for t in steps_done) <= 1  # at most the step under way
+    qtbot.waitUntil(lambda: learning.left == 0, timeout=10_000)  # and the rest is learned afterwards
+    assert len(steps_done) == 4
+
+
+def test_learning_left_over_from_the_last_session_is_done_once_the_user_is_idle(
+        qtbot: QtBot, open_window: Callable[..., MainWindow], monkeypatch: pytest.MonkeyPatch) -> None:
+    from engine.memory import MemoryHooks
+
+    memories = open_memories()  # the last session: a turn ended, and Cleo closed before it learned
+    hooks = MemoryHooks(memories.book, memories.recall, memories.store)
+    chat = memories.store.create_conversation()
+    user = memories.store.add_message(chat.id, "user", "I have a dog called Rex.", None)
+    hooks.after_turn(chat.id, [user, memories.store.add_message(chat.id, "assistant", "Nice!", user.id)])
+    memories.close()
+    assert _rows("SELECT count(*) FROM learning_queue") == [(1,)]
+    monkeypatch.setattr("app.worker._LEARN_WHEN_IDLE_MS", 50)
+    open_window()
+    qtbot.waitUntil(lambda: _rows("SELECT count(*) FROM learning_queue") == [(0,)], timeout=60_000)

@@ -233,6 +233,59 @@ def test_learned_facts_go_to_the_inbox_and_corrections_supersede_once_approved(
     assert hooks.learn(model_says({"action": "SUPERSEDE", "memory_id": "nope", "kind": "fact", "content": ""})) == []
 
 
+def test_learning_can_stop_after_each_turn_and_resume_where_it_stopped(database: Database, embedder: Embedder) -> None:
+    hooks = _hooks(database, embedder)
+    chat = hooks.store.create_conversation()
+    hooks.on_evict(chat.id, [hooks.store.add_message(chat.id, "user", "Plan a trip to Gerês.", None),
+                             hooks.store.add_message(chat.id, "assistant", "Start at Campo do Gerês.", None)])
+    for text in ("I have a dog called Rex.", "My sister lives in Porto.", "I play the cello."):
+        _turn(hooks, text, "Nice!")
+    asked: list[str] = []
+
+    def ask(messages: list[dict[str, str]], schema: dict[str, Any]) -> Any:
+        asked.append(messages[-1]["content"])
+        if schema != EXTRACTION_SCHEMA:
+            return {"summary": "The user planned a trip to the Geres mountains."}
+        return {"action": "ADD", "memory_id": "", "kind": "fact", "content": f"Fact {len(asked)}"}
+
+    assert hooks.learning_pending
+    [summary] = hooks.learn(ask, at_most=1)  # the evicted turns are summarised first
+    assert "Geres" in hooks.book.get(summary.memory_id).content and len(asked) == 1
+    [first] = hooks.learn(ask, at_most=1)
+    assert "Rex" in asked[1] and hooks.learning_pending
+    rest = hooks.learn(ask)
+    assert "Porto" in asked[2] and "cello" in asked[3] and len(rest) == 2
+    assert not hooks.learning_pending and hooks.learn(ask, at_most=1) == []
+    assert [hooks.book.get(u.memory_id).content for u in (first, *rest)] == ["Fact 2.", "Fact 3.", "Fact 4."]
+
+
+def test_what_was_not_learned_before_cleo_closed_is_learned_after_it_reopens(
+    tmp_path: Path, embedder: Embedder
+) -> None:
+    database = open_database(tmp_path / "profile.db")
+    hooks = _hooks(database, embedder)
+    _turn(hooks, "I have a dog called Rex.", "Rex is a great name!")
+    deleted = hooks.store.create_conversation()
+    hooks.after_turn(deleted.id, [hooks.store.add_message(deleted.id, "user", "I like jazz.", None)])
+    hooks.store.delete_conversation(deleted.id)  # its pending learning goes with it
+    database.close()  # closed (or crashed) before the idle moment when learning runs
+
+    database = open_database(tmp_path / "profile.db")
+    hooks = _hooks(database, embedder)
+    asked: list[str] = []
+
+    def ask(messages: list[dict[str, str]], schema: dict[str, Any]) -> Any:
+        asked.append(messages[-1]["content"])
+        return {"action": "ADD", "memory_id": "", "kind": "fact", "content": "The user has a dog called Rex"}
+
+    assert hooks.learning_pending
+    [update] = hooks.learn(ask)
+    assert len(asked) == 1 and "Rex" in asked[0] and "jazz" not in asked[0]
+    assert hooks.book.get(update.memory_id).content == "The user has a dog called Rex."
+    assert not hooks.learning_pending
+    database.close()
+
+
 def test_without_asking_first_learned_facts_are_remembered_at_once(database: Database, embedder: Embedder) -> None:
     hooks = _hooks(database, embedder)
     hooks.ask_before_remembering = False
