@@ -63,6 +63,11 @@ class ChatView(QTextBrowser):
         if view is None:
             self.setHtml(self._empty_html())
             return
+        for message in view.messages:  # stored with the replies; a forgotten memory has left them
+            if message.id in view.why:
+                self.why[message.id] = view.why[message.id]
+            else:
+                self.why.pop(message.id, None)
         count = len(view.messages)
         self._shown_from = 0 if all_messages or (same and self._shown_from == 0) else max(0, count - FIRST_SHOWN)
         self._codes = []

@@ -29,6 +29,7 @@ if TYPE_CHECKING:  # the engine's runtime is imported on the worker's thread, af
     from engine.assistant import Turn
     from engine.catalog import ModelInfo, Unusable
     from engine.conversations import Message
+    from engine.events import RecalledItem
     from engine.memory import MemoryRecord
     from engine.session import Cleo
     from engine.settings import Settings
@@ -62,6 +63,7 @@ class ConversationView:
     model: str = ""  # its own model file; "" follows the settings
     temporary: bool = False
     memory_enabled: bool = True
+    why: dict[str, tuple[RecalledItem, ...]] = field(default_factory=dict)  # reply id -> what memory added
 
 
 @dataclass(frozen=True)
@@ -223,6 +225,9 @@ class EngineWorker(QObject):
                 book.reject(memory_id)
             elif action == "forget":
                 book.forget(memory_id)
+                if self._open_conversation and not self._streaming(self._open_conversation):
+                    # its text must not stay on screen under "Why this answer" either
+                    self.conversationLoaded.emit(self._view(cleo, self._open_conversation))
             elif action in ("pin", "unpin"):
                 book.pin(memory_id, action == "pin")
             else:
@@ -442,7 +447,8 @@ class EngineWorker(QObject):
         return ConversationView(conversation.id, conversation.title, tuple(messages), alternatives,
                                 instructions=conversation.system_prompt, model=store.chat_model(conversation_id),
                                 temporary=store.is_temporary(conversation_id),
-                                memory_enabled=store.memory_enabled(conversation_id))
+                                memory_enabled=store.memory_enabled(conversation_id),
+                                why=cleo.hooks.recalled_in(conversation_id))
 
     def _list_conversations(self) -> None:
         if self.cleo is not None:

@@ -21,7 +21,19 @@ from typing import Any, Protocol
 
 from engine.conversations import ConversationStore, InMemoryConversationStore, Message
 from engine.errors import KnownError
-from engine.events import Done, Event, Failed, MemoryUpdated, Notice, Recalled, Recollection, Started, Token, Usage
+from engine.events import (
+    Done,
+    Event,
+    Failed,
+    MemoryUpdated,
+    Notice,
+    Recalled,
+    RecalledItem,
+    Recollection,
+    Started,
+    Token,
+    Usage,
+)
 from engine.kv_cache import SnapshotCache, common_prefix
 from engine.llama_backend import ChatModel, ReplyStats, Sampling
 from engine.paths import folders
@@ -59,6 +71,10 @@ class Memory(Protocol):
         """Turns that no longer fit in the context; memory may summarise them."""
         ...
 
+    def on_recalled(self, reply_id: str, items: Sequence[RecalledItem]) -> None:
+        """What `context_for` added to this reply's prompt; memory may keep it ("Why this answer")."""
+        ...
+
     def learn(self, ask: Callable[[list[dict[str, str]], dict[str, Any]], Any], *,
               at_most: int | None = None) -> list[MemoryUpdated]:
         """Learn from finished turns with the model (`ask` gets a chat and a JSON schema), at most
@@ -91,6 +107,9 @@ class NoMemory:
         pass
 
     def on_evict(self, conversation_id: str, messages: Sequence[Message]) -> None:
+        pass
+
+    def on_recalled(self, reply_id: str, items: Sequence[RecalledItem]) -> None:
         pass
 
     def learn(self, ask: Callable[[list[dict[str, str]], dict[str, Any]], Any], *,
@@ -256,6 +275,7 @@ class Assistant:
         pinned = self.memory.pinned_block(conversation_id)
         recollection = self.memory.context_for(conversation_id, user.content)
         if recollection.items:
+            self.memory.on_recalled(reply.id, recollection.items)
             yield Recalled(recollection.items)
         reserve = min(sampling.max_tokens, model.context_size // 2)  # room for the reply
         evicted = self._evicted.setdefault(conversation_id, set())

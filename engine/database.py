@@ -179,6 +179,18 @@ CREATE TABLE learning_queue (
   queued_at REAL NOT NULL
 );
 """),
+    # What memory put in front of the model for a reply ("Why this answer"), by reference only:
+    # a memory forgotten since, or a message deleted with its chat, drops out rather than lingers.
+    Migration("0005-reply-recalls", """
+CREATE TABLE reply_recalls (
+  reply_id TEXT NOT NULL REFERENCES messages(id) ON DELETE CASCADE,
+  position INTEGER NOT NULL,
+  kind TEXT NOT NULL CHECK (kind IN ('memory', 'message')),
+  item_id TEXT NOT NULL,  -- memories.id or messages.id
+  score REAL NOT NULL,
+  PRIMARY KEY (reply_id, position)
+);
+"""),
 ]
 
 

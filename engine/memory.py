@@ -13,6 +13,7 @@ episodic summaries of finished conversations and of turns that left the context.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import re
@@ -515,6 +516,31 @@ class MemoryHooks:
                                        replaces=replaced.id if replaced else None, source_message_id=user.id,
                                        source_conversation_id=conversation_id)
         return MemoryUpdated(action, memory.id, memory.content)
+
+    def on_recalled(self, reply_id: str, items: Sequence[RecalledItem]) -> None:
+        """Keep, by reference, what was added to a reply's prompt, for "Why this answer" later."""
+        with self.book.database.write() as conn:
+            conn.executemany("INSERT OR REPLACE INTO reply_recalls (reply_id, position, kind, item_id, score) "
+                             "VALUES (?, ?, ?, ?, ?)",
+                             [(reply_id, i, item.kind, item.memory_id if item.kind == "memory" else item.message_id,
+                               item.score) for i, item in enumerate(items)
+                              if (item.memory_id if item.kind == "memory" else item.message_id)])
+
+    def recalled_in(self, conversation_id: str) -> dict[str, tuple[RecalledItem, ...]]:
+        """Reply id -> what memory added to its prompt, for the conversation's replies (as they are
+        now: a memory forgotten since, or a message deleted since, is left out)."""
+        rows = self.book.conn.execute(
+            "SELECT r.reply_id, r.kind, r.item_id, r.score FROM reply_recalls r JOIN messages m ON m.id = r.reply_id "
+            "WHERE m.conversation_id = ? ORDER BY r.reply_id, r.position", (conversation_id,)).fetchall()
+        if not rows:
+            return {}
+        found = self.recall.items_by_id([r[2] for r in rows if r[1] == "memory"],
+                                        [r[2] for r in rows if r[1] == "message"])
+        recalled: dict[str, list[RecalledItem]] = {}
+        for reply_id, _, item_id, score in rows:
+            if item_id in found:
+                recalled.setdefault(reply_id, []).append(dataclasses.replace(found[item_id], score=score))
+        return {reply_id: tuple(items) for reply_id, items in recalled.items()}
 
     def on_evict(self, conversation_id: str, messages: Sequence[Message]) -> None:
         """Turns that left the context are summarised by `learn`, so they stay recallable."""

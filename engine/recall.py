@@ -222,17 +222,23 @@ class Recall:
 
     # --- rows to items ----------------------------------------------------------------------------
 
-    def _memory_items(self, rowids: list[int]) -> Iterable[tuple[int, RecalledItem]]:
+    def items_by_id(self, memory_ids: list[str], message_ids: list[str]) -> dict[str, RecalledItem]:
+        """Items for memories and messages named by id; those deleted or forgotten since are missing."""
+        found = {item.memory_id or "": item for _, item in self._memory_items(memory_ids, by="id")}
+        found.update((item.message_id or "", item) for _, item in self._message_items(message_ids, by="id"))
+        return found
+
+    def _memory_items(self, keys: Sequence[int | str], *, by: str = "rowid") -> Iterable[tuple[int, RecalledItem]]:
         rows = self.database.conn.execute(
             f"SELECT rowid, id, content, created_at, source_conversation_id, source_message_id "
-            f"FROM memories WHERE rowid IN ({','.join('?' * len(rowids))})", rowids).fetchall()
+            f"FROM memories WHERE {by} IN ({','.join('?' * len(keys))})", keys).fetchall()
         for r in rows:
             yield r[0], RecalledItem("memory", r[2], 0.0, r[3], r[4], r[5], memory_id=r[1])
 
-    def _message_items(self, rowids: list[int]) -> Iterable[tuple[int, RecalledItem]]:
+    def _message_items(self, keys: Sequence[int | str], *, by: str = "rowid") -> Iterable[tuple[int, RecalledItem]]:
         rows = self.database.conn.execute(
             f"SELECT rowid, id, content, created_at, conversation_id, role, source_id "
-            f"FROM messages WHERE rowid IN ({','.join('?' * len(rowids))})", rowids).fetchall()
+            f"FROM messages WHERE {by} IN ({','.join('?' * len(keys))})", keys).fetchall()
         for r in rows:
             yield r[0], RecalledItem("message", r[2], 0.0, r[3], r[4], r[1], role=r[5], source_id=r[6])
 

@@ -546,3 +546,27 @@ def test_learning_left_over_from_the_last_session_is_done_once_the_user_is_idle(
     monkeypatch.setattr("app.worker._LEARN_WHEN_IDLE_MS", 50)
     open_window()
     qtbot.waitUntil(lambda: _rows("SELECT count(*) FROM learning_queue") == [(0,)], timeout=60_000)
+
+
+def test_why_this_answer_is_kept_with_the_reply_and_a_forgotten_memory_leaves_it(
+        qtbot: QtBot, open_window: Callable[..., MainWindow]) -> None:
+    memories = open_memories()
+    _, cat = memories.book.add("The user's cat is called Miso", "fact")
+    memories.close()
+    window = open_window()
+    _send(qtbot, window, "What is my cat called?")
+    reply = window.chat.view.messages[-1].id if window.chat.view else ""
+    assert [item.text for item in window.chat.why[reply]] == ["The user's cat is called Miso."]
+    window.close()
+
+    again = open_window()  # Cleo reopened: the last chat comes back with its "Why this answer"
+    qtbot.waitUntil(lambda: again.chat.view is not None and again.chat.view.messages[-1].id == reply, timeout=10_000)
+    assert [item.memory_id for item in again.chat.why[reply]] == [cat.id]
+    assert "Why this answer (1)" in again.chat.toPlainText()
+
+    panel = again.memory_panel
+    qtbot.waitUntil(lambda: "The user's cat is called Miso." in _remembered(panel))
+    panel.remembered.setCurrentItem(_remembered(panel)["The user's cat is called Miso."])
+    panel.forget_button.click()
+    qtbot.waitUntil(lambda: reply not in again.chat.why, timeout=10_000)
+    assert "Why this answer" not in again.chat.toPlainText(), again.chat.toPlainText()

@@ -10,7 +10,7 @@ import pytest
 
 from engine.assistant import Assistant, TurnOptions
 from engine.database import Database, open_database
-from engine.events import MemoryUpdated, Recalled, Token, Usage
+from engine.events import MemoryUpdated, Recalled, RecalledItem, Token, Usage
 from engine.llama_backend import ChatModel, Embedder, Sampling
 from engine.memory import EXTRACTION_SCHEMA, AskJson, MemoryBook, MemoryHooks, scrub_free_space
 from engine.recall import Recall
@@ -284,6 +284,26 @@ def test_what_was_not_learned_before_cleo_closed_is_learned_after_it_reopens(
     assert hooks.book.get(update.memory_id).content == "The user has a dog called Rex."
     assert not hooks.learning_pending
     database.close()
+
+
+def test_what_a_reply_recalled_is_kept_by_reference_and_drops_out_when_deleted(
+    database: Database, embedder: Embedder
+) -> None:
+    hooks = _hooks(database, embedder)
+    _, cat = hooks.book.add("The user's cat is called Miso", "fact")
+    other = hooks.store.create_conversation()
+    said = hooks.store.add_message(other.id, "user", "Miso chewed my headphones again.", None)
+    chat = hooks.store.create_conversation()
+    question = hooks.store.add_message(chat.id, "user", "What is my cat called?", None)
+    reply = hooks.store.add_message(chat.id, "assistant", "Miso.", question.id)
+    items = [RecalledItem("memory", "The user's cat is called Miso.", 0.9, cat.created_at, None, None, cat.id),
+             RecalledItem("message", said.content, 0.5, said.created_at, other.id, said.id, role="user")]
+    hooks.on_recalled(reply.id, items)
+    assert hooks.recalled_in(chat.id) == {reply.id: tuple(items)}
+    hooks.store.delete_conversation(other.id)
+    assert hooks.recalled_in(chat.id) == {reply.id: tuple(items[:1])}
+    hooks.book.forget(cat.id)
+    assert hooks.recalled_in(chat.id) == {}
 
 
 def test_without_asking_first_learned_facts_are_remembered_at_once(database: Database, embedder: Embedder) -> None:
