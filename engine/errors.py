@@ -34,6 +34,10 @@ class ModelMissing(KnownError):
     """A model file Cleo needs is not where it should be."""
 
 
+class ProcessorUnsupported(KnownError):
+    """The processor lacks instructions the engine was compiled to use."""
+
+
 class ModelFileInvalid(KnownError):
     """A model file exists but is damaged, truncated or of an unsupported kind."""
 

@@ -24,9 +24,10 @@ import llama_cpp
 import numpy as np
 from llama_cpp import _ggml, llama_grammar
 
+from engine import cpu_features
 from engine.catalog import read_model_info
 from engine.chat_template import ChatTemplate
-from engine.errors import ContextFull, GenerationFailed, ModelFileInvalid
+from engine.errors import ContextFull, GenerationFailed, ModelFileInvalid, ProcessorUnsupported
 from engine.fit import Gpu, check_fits, plan_gpu_layers
 from engine.gguf_header import read_header
 from engine.kv_cache import KvSnapshot, common_prefix
@@ -446,8 +447,28 @@ _SAMPLE_CHAT = [{"role": "system", "content": "s"}, {"role": "user", "content": 
                 {"role": "assistant", "content": "a"}, {"role": "user", "content": "u"}]
 
 
+def check_processor(has: dict[str, bool] | None = None) -> None:
+    """Raise `ProcessorUnsupported` if this processor (or `has`, for tests) lacks an instruction set
+    llama.cpp was compiled to use: running it anyway ends the app with "illegal instruction"."""
+    needed = cpu_features.built_for(llama_cpp.llama_print_system_info().decode("utf-8", errors="replace"))
+    missing = cpu_features.missing_features(needed, cpu_features.this_processor() if has is None else has)
+    if missing:
+        names = " and ".join([", ".join(missing[:-1]), missing[-1]] if len(missing) > 1 else missing)
+        raise ProcessorUnsupported(
+            f"This computer's processor lacks {names}, which Cleo's engine (llama.cpp) was built to use, "
+            "so it cannot run a model here (most Intel Core and AMD processors made since 2015 have them; "
+            "many Celeron, Pentium and Atom chips do not).",
+            hint="Run Cleo from its source on this computer, with llama.cpp rebuilt for this processor: "
+                 f'CMAKE_ARGS="-DGGML_NATIVE=ON" pip install --force-reinstall --no-cache-dir '
+                 f"llama-cpp-python=={llama_cpp.__version__} (see the README).")
+
+
 def _load(path: Path, **params: Any) -> llama_cpp.Llama:
     _route_logs_to_python()
+    global _processor_checked
+    if not _processor_checked:
+        check_processor()
+        _processor_checked = True
     try:
         return llama_cpp.Llama(model_path=str(path), verbose=False, **params)
     except ValueError as exc:
@@ -458,6 +479,7 @@ def _load(path: Path, **params: Any) -> llama_cpp.Llama:
         ) from exc
 
 
+_processor_checked = False
 _log_callback: Any = None
 _log_lock = threading.Lock()
 _pending_line: list[str] = []

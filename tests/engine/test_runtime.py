@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from engine.catalog import read_model_info
-from engine.errors import ChatTemplateInvalid, ModelFileInvalid
+from engine.errors import ChatTemplateInvalid, ModelFileInvalid, ProcessorUnsupported
 from engine.fit import Gpu, plan_gpu_layers
 from engine.llama_backend import ChatModel, ReplyStats, Sampling, gpus
 from tests.bad_models import UNSAFE_TEMPLATES
@@ -174,3 +174,39 @@ def test_this_build_reports_its_gpus_truthfully() -> None:
     import llama_cpp
 
     assert bool(gpus()) == bool(llama_cpp.llama_supports_gpu_offload())
+
+
+# /proc/cpuinfo of a Celeron N4020 (Gemini Lake, 2019): SSE4.2, no AVX of any kind.
+_CELERON_N4020 = """processor	: 0
+model name	: Intel(R) Celeron(R) N4020 CPU @ 1.10GHz
+flags		: fpu vme de pse tsc msr pae mce cx8 apic sep mtrr pge mca cmov pat pse36 clflush dts acpi mmx fxsr \
+sse sse2 ss ht tm pbe syscall nx pdpe1gb rdtscp lm constant_tsc art arch_perfmon pebs bts rep_good nopl xtopology \
+tsc_reliable nonstop_tsc cpuid aperfmperf tsc_known_freq pni pclmulqdq dtes64 monitor ds_cpl vmx est tm2 ssse3 \
+sdbg cx16 xtpr pdcm sse4_1 sse4_2 x2apic movbe popcnt tsc_deadline_timer aes xsave rdrand lahf_lm 3dnowprefetch \
+cpuid_fault cat_l2 pti cdp_l2 ssbd ibrs ibpb stibp ibrs_enhanced tpr_shadow flexpriority ept vpid ept_ad fsgsbase \
+tsc_adjust smep erms mpx rdt_a rdseed smap clflushopt intel_pt sha_ni xsaveopt xsavec xgetbv1 xsaves dtherm ida \
+arat pln pts umip rdpid md_clear arch_capabilities
+"""
+
+
+def test_a_processor_without_the_instructions_llama_cpp_uses_is_refused_before_it_crashes(
+        default_models: DefaultModels, monkeypatch: pytest.MonkeyPatch) -> None:
+    from engine import cpu_features, llama_backend
+
+    celeron = cpu_features.linux_processor(_CELERON_N4020)
+    assert celeron["SSSE3"] and not celeron["AVX"] and not celeron["AVX2"]
+    needed = cpu_features.built_for("CPU : SSE3 = 1 | SSSE3 = 1 | AVX = 1 | AVX2 = 1 | F16C = 1 | FMA = 1 | "
+                                    "BMI2 = 1 | LLAMAFILE = 1 | OPENMP = 1 | REPACK = 1 |")
+    assert needed == {"SSE3", "SSSE3", "AVX", "AVX2", "F16C", "FMA", "BMI2"}
+    assert cpu_features.missing_features(needed, celeron) == ["AVX", "AVX2", "BMI2", "F16C", "FMA"]
+    assert cpu_features.missing_features(needed, {}) == []  # an OS that does not say: no refusal
+
+    monkeypatch.setattr(llama_backend, "_processor_checked", False)
+    monkeypatch.setattr(cpu_features, "this_processor", lambda: celeron)
+    with pytest.raises(ProcessorUnsupported) as refused:
+        ChatModel(default_models.chat, context_size=256, threads=1)
+    assert "lacks AVX, AVX2, BMI2, F16C and FMA" in refused.value.message
+    assert "GGML_NATIVE=ON" in refused.value.hint
+    monkeypatch.undo()  # this machine's own processor runs the build it was built on
+    monkeypatch.setattr(llama_backend, "_processor_checked", False)
+    ChatModel(default_models.chat, context_size=256, threads=1).close()
