@@ -263,17 +263,23 @@ class MemoryBook:
     def _duplicate_of(self, content: str, vector: np.ndarray | None) -> MemoryRecord | None:
         row = self.conn.execute("SELECT id FROM memories WHERE status = 'active' AND lower(content) = lower(?)",
                                 (content,)).fetchone()
-        if row is None and vector is not None:
-            nearest = vector_index(self.database, "memory_vectors").search(vector, 8 + self._inactive())
+        k = 8
+        while row is None and vector is not None:
+            # The nearest vectors include superseded and proposed memories: widen the search
+            # until an active one is close enough, or the farthest found is already too far.
+            nearest = vector_index(self.database, "memory_vectors").search(vector, k)
+            marks = ",".join("?" * len(nearest))
+            query, farthest = vector_bytes(vector), 1 - _DUPLICATE_SIMILARITY
             row = self.conn.execute(
                 f"SELECT m.id FROM memories m JOIN memory_vectors v ON v.rowid = m.rowid WHERE m.status = 'active' "
-                f"AND m.rowid IN ({','.join('?' * len(nearest))}) AND vec_distance_cosine(v.embedding, ?) <= ? "
-                "ORDER BY vec_distance_cosine(v.embedding, ?) LIMIT 1",
-                (*nearest, vector_bytes(vector), 1 - _DUPLICATE_SIMILARITY, vector_bytes(vector))).fetchone()
+                f"AND m.rowid IN ({marks}) AND vec_distance_cosine(v.embedding, ?) <= ? "
+                "ORDER BY vec_distance_cosine(v.embedding, ?) LIMIT 1", (*nearest, query, farthest, query)).fetchone()
+            if row is not None or len(nearest) < k or self.conn.execute(
+                    f"SELECT max(vec_distance_cosine(embedding, ?)) > ? FROM memory_vectors WHERE rowid IN ({marks})",
+                    (query, farthest, *nearest)).fetchone()[0]:
+                break
+            k *= 4
         return None if row is None else self.get(row[0])
-
-    def _inactive(self) -> int:
-        return int(self.conn.execute("SELECT count(*) FROM memories WHERE status != 'active'").fetchone()[0])
 
     def embed_missing(self) -> int:
         """Compute vectors for messages and memories that lack one (after a crash, an import, a

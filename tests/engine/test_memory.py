@@ -64,6 +64,14 @@ def test_saying_the_same_thing_again_bumps_the_memory_instead_of_adding_one(book
     assert book.add("I am allergic to peanuts")[0] == "added" and len(book.memories()) == 2
 
 
+def test_a_repeat_is_found_behind_many_near_identical_proposals(book: MemoryBook) -> None:
+    for _ in range(12):  # waiting in the inbox: nearer to the repeat than the kept memory, but not active
+        book.add("My favorite colour is green", propose=True)
+    _, kept = book.add("My favourite colour is green")
+    action, again = book.add("My favorite colour is green")
+    assert action == "bumped" and again.id == kept.id and len(book.memories()) == 1
+
+
 def test_proposals_wait_in_the_inbox_until_approved_or_rejected(book: MemoryBook) -> None:
     _, tea = book.add("The user drinks green tea every morning", "preference", propose=True)
     _, secret = book.add(f"The user's locker code is {CANARY}", propose=True)
