@@ -465,10 +465,13 @@ class MemoryHooks:
         return self.book.conn.execute("SELECT 1 FROM learning_queue LIMIT 1").fetchone() is not None
 
     def _queue(self, kind: str, conversation_id: str, messages: Sequence[Message]) -> None:
+        ids = json.dumps([m.id for m in messages])
         with self.book.database.write() as conn:
+            if conn.execute("SELECT 1 FROM learning_queue WHERE conversation_id = ? AND kind = ? AND message_ids = ?",
+                            (conversation_id, kind, ids)).fetchone():
+                return  # e.g. a chat left twice, with nothing said in between
             conn.execute("INSERT INTO learning_queue (conversation_id, kind, message_ids, queued_at) "
-                         "VALUES (?, ?, ?, ?)", (conversation_id, kind, json.dumps([m.id for m in messages]),
-                                                 time.time()))
+                         "VALUES (?, ?, ?, ?)", (conversation_id, kind, ids, time.time()))
 
     def _next_queued(self) -> tuple[str, str, list[Message]] | None:
         """Take the oldest queued work, summaries first (they cover turns that left the context).

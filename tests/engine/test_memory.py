@@ -351,6 +351,7 @@ def test_finished_conversations_and_evicted_turns_become_recallable_summaries(
     hooks.store.set_current_leaf(chat.id, reply.id)
     summary = {"summary": "The user planned a hiking trip to the Geres mountains, starting at Campo do Geres."}
     hooks.conversation_finished(chat.id)
+    hooks.conversation_finished(chat.id)  # left twice before learning ran: summarised once
     [update] = hooks.learn(lambda messages, schema: summary)
     event = hooks.book.get(update.memory_id)
     assert event.kind == "event" and event.source_conversation_id == chat.id and "hiking trip" in event.content
