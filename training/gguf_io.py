@@ -21,7 +21,6 @@ stays in `GGUFModelInfo`; architecture keys the `ModelConfig` has no field for g
 from __future__ import annotations
 
 import os
-import struct
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -35,6 +34,7 @@ from gguf.quants import dequantize
 from engine.catalog import read_model_info
 from engine.errors import ModelFileInvalid
 from engine.gguf_header import TensorInfo, read_header
+from training.gguf_metadata import MetadataValue, read_metadata
 from training.model import ARCHITECTURES, Decoder, ModelConfig
 
 SaveDType = Literal["f16", "f32"]
@@ -42,44 +42,6 @@ SaveDType = Literal["f16", "f32"]
 
 class UnsupportedArchitecture(ModelFileInvalid):
     """A valid GGUF whose architecture the torch decoder does not implement."""
-
-
-@dataclass(frozen=True)
-class MetadataValue:
-    """One GGUF metadata value with its exact GGUF type, so that export writes what was read.
-
-    llama.cpp checks the types of many keys (token ids are UINT32, token types INT32, ...).
-    """
-
-    value: Any  # str, int, float, bool, or a list of one of them
-    type: GGUFValueType
-    item_type: GGUFValueType | None = None  # for arrays
-
-    @staticmethod
-    def infer(value: Any) -> MetadataValue:
-        """The GGUF type llama.cpp's converters use for a plain Python value."""
-        if isinstance(value, MetadataValue):
-            return value
-        if isinstance(value, list | tuple):
-            items = list(value)
-            item = _scalar_type(items[0], in_array=True) if items else GGUFValueType.STRING
-            return MetadataValue(items, GGUFValueType.ARRAY, item)
-        return MetadataValue(value, _scalar_type(value, in_array=False))
-
-
-def _scalar_type(value: Any, *, in_array: bool) -> GGUFValueType:
-    if isinstance(value, bool):
-        return GGUFValueType.BOOL
-    if isinstance(value, int):
-        # Counts and token ids are UINT32; arrays of ints (token types) are INT32.
-        if in_array:
-            return GGUFValueType.INT32
-        return GGUFValueType.UINT32 if 0 <= value < 2**32 else GGUFValueType.INT64
-    if isinstance(value, float):
-        return GGUFValueType.FLOAT32
-    if isinstance(value, str):
-        return GGUFValueType.STRING
-    raise TypeError(f"cannot store {type(value).__name__} value {value!r} in GGUF metadata")
 
 
 @dataclass(frozen=True)
@@ -170,7 +132,7 @@ def load_gguf(path: str | os.PathLike[str]) -> tuple[Decoder, GGUFModelInfo]:
             hint="Choose a llama (dense or Mixtral-style MoE) or qwen3moe model.",
         )
     header = read_header(path)
-    metadata = _read_metadata(path, header.data_offset)
+    metadata = read_metadata(path, header.data_offset)
     if _int(metadata, "split.count", 1) > 1:
         raise ModelFileInvalid(f"{path} is one part of a split model.",
                                hint="Merge the parts into one file (llama-gguf-split --merge) first.")
@@ -208,65 +170,6 @@ def load_gguf(path: str | os.PathLike[str]) -> tuple[Decoder, GGUFModelInfo]:
         del file  # release the mapping (on Windows it would keep the file locked)
     model.load_state_dict(state, strict=True, assign=True)
     return model, info
-
-
-# GGUF value type -> numpy dtype, for arrays of numbers (read in one go).
-_NUMPY_TYPES = {
-    GGUFValueType.UINT8: "<u1", GGUFValueType.INT8: "<i1", GGUFValueType.UINT16: "<u2", GGUFValueType.INT16: "<i2",
-    GGUFValueType.UINT32: "<u4", GGUFValueType.INT32: "<i4", GGUFValueType.FLOAT32: "<f4", GGUFValueType.BOOL: "?",
-    GGUFValueType.UINT64: "<u8", GGUFValueType.INT64: "<i8", GGUFValueType.FLOAT64: "<f8",
-}
-
-
-def _read_metadata(path: Path, data_offset: int) -> dict[str, MetadataValue]:
-    """Every metadata value, the vocabulary and merges included.
-
-    `engine.gguf_header` has already checked this header's bounds but skips long arrays;
-    `gguf.GGUFReader` reads them, but a 49k-token vocabulary takes it seconds. The header is at most
-    a few MB, so it is read whole and parsed from memory.
-    """
-    with path.open("rb") as f:
-        data = f.read(data_offset)
-    pos = 8  # magic and version
-    _, n_keys = struct.unpack_from("<QQ", data, pos)
-    pos += 16
-
-    def string() -> str:
-        nonlocal pos
-        (length,) = struct.unpack_from("<Q", data, pos)
-        pos += 8 + length
-        return data[pos - length:pos].decode("utf-8")
-
-    def scalar(vtype: GGUFValueType) -> Any:
-        nonlocal pos
-        if vtype == GGUFValueType.STRING:
-            return string()
-        item = np.dtype(_NUMPY_TYPES[vtype])
-        pos += item.itemsize
-        return np.frombuffer(data, item, 1, pos - item.itemsize)[0].item()
-
-    metadata: dict[str, MetadataValue] = {}
-    try:
-        for _ in range(n_keys):
-            key = string()
-            vtype = GGUFValueType(struct.unpack_from("<I", data, pos)[0])
-            pos += 4
-            if vtype != GGUFValueType.ARRAY:
-                metadata[key] = MetadataValue(scalar(vtype), vtype)
-                continue
-            item_type, count = struct.unpack_from("<IQ", data, pos)
-            item_type = GGUFValueType(item_type)
-            pos += 12
-            if item_type == GGUFValueType.STRING:
-                items = [string() for _ in range(count)]
-            else:
-                dtype = np.dtype(_NUMPY_TYPES[item_type])
-                items = np.frombuffer(data, dtype, count, pos).tolist()
-                pos += count * dtype.itemsize
-            metadata[key] = MetadataValue(items, vtype, item_type)
-    except (UnicodeDecodeError, KeyError, ValueError) as exc:  # KeyError: arrays of arrays, which no model uses
-        raise ModelFileInvalid(f"{path} has metadata Cleo cannot read ({exc}).") from exc
-    return metadata
 
 
 def _int(metadata: Mapping[str, MetadataValue], key: str, default: int) -> int:

@@ -17,8 +17,6 @@ exporter writes back into a GGUF.
 from __future__ import annotations
 
 import json
-import mmap
-import struct
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -30,6 +28,7 @@ from tokenizers import Tokenizer as HFTokenizer
 
 from engine.errors import ModelFileInvalid
 from engine.gguf_header import read_header
+from training.gguf_metadata import read_metadata
 
 SUPPORTED_MODELS = ("gpt2",)  # `tokenizer.ggml.model` values this module reads
 MAX_TOKEN_BYTES = 32  # llama-cpp-python's detokenize drops pieces longer than its 32-byte buffer
@@ -192,7 +191,8 @@ class Tokenizer:
         pre-tokenizer this module does not know.
         """
         path = Path(path)
-        metadata = read_header(path).metadata  # bounds-checked; large arrays are skipped here
+        header = read_header(path)  # bounds-checked; large arrays are skipped here
+        metadata = header.metadata
         model = metadata.get("tokenizer.ggml.model")
         if model is None:
             raise ModelFileInvalid(f"{path} has no tokenizer (no tokenizer.ggml.model key).",
@@ -205,7 +205,9 @@ class Tokenizer:
         if pre not in PRE_TOKENIZERS:
             raise UnsupportedTokenizer(f"{path} uses the pre-tokenizer '{pre}', which Cleo's training does not know.",
                                        hint=f"Supported pre-tokenizers: {_supported_pres()}.")
-        arrays = _read_arrays(path, {"tokenizer.ggml.tokens", "tokenizer.ggml.merges", "tokenizer.ggml.token_type"})
+        full = read_metadata(path, header.data_offset)
+        arrays = {key: full[key].value for key in ("tokenizer.ggml.tokens", "tokenizer.ggml.merges",
+                                                   "tokenizer.ggml.token_type") if key in full}
         for key in ("tokenizer.ggml.tokens", "tokenizer.ggml.merges"):
             if key not in arrays:
                 raise ModelFileInvalid(f"{path} has a tokenizer without {key}.",
@@ -383,58 +385,6 @@ _SPECIAL_TYPES = frozenset((int(TokenType.CONTROL), int(TokenType.UNKNOWN)))
 
 def _supported_pres() -> str:
     return ", ".join(sorted(PRE_TOKENIZERS))
-
-
-# GGUF value type -> struct format of one item (8 is a string, 9 an array).
-_GGUF_SCALARS = {0: "B", 1: "b", 2: "H", 3: "h", 4: "I", 5: "i", 6: "f", 7: "?", 10: "Q", 11: "q", 12: "d"}
-_GGUF_STRING, _GGUF_ARRAY = 8, 9
-
-
-def _read_arrays(path: Path, wanted: set[str]) -> dict[str, list[Any]]:
-    """The metadata arrays named in `wanted`, read straight from the GGUF's key-value section.
-
-    `read_header` has already checked every count and length against the file, so this walk only
-    decodes. `gguf.GGUFReader` would do the same but also indexes every tensor and every string
-    part, which takes seconds for a 49k-token vocabulary; this takes a few tens of milliseconds.
-    """
-    found: dict[str, list[Any]] = {}
-    with path.open("rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as data:
-        n_keys = struct.unpack_from("<Q", data, 16)[0]  # after magic, version and tensor count
-        pos = 24
-
-        def string(at: int) -> tuple[str, int]:
-            length = struct.unpack_from("<Q", data, at)[0]
-            return data[at + 8:at + 8 + length].decode("utf-8", errors="replace"), at + 8 + length
-
-        def skip(kind: int, count: int, at: int) -> int:
-            if kind == _GGUF_STRING:
-                for _ in range(count):
-                    at += 8 + struct.unpack_from("<Q", data, at)[0]
-                return at
-            return at + count * struct.calcsize("<" + _GGUF_SCALARS[kind])
-
-        for _ in range(n_keys):
-            key, pos = string(pos)
-            kind = struct.unpack_from("<I", data, pos)[0]
-            pos += 4
-            if kind != _GGUF_ARRAY:
-                pos = skip(kind, 1, pos)
-                continue
-            item, count = struct.unpack_from("<IQ", data, pos)
-            pos += 12
-            if key not in wanted:
-                pos = skip(item, count, pos)
-            elif item == _GGUF_STRING:
-                items = []
-                for _ in range(count):
-                    text, pos = string(pos)
-                    items.append(text)
-                found[key] = items
-            else:
-                fmt = f"<{count}{_GGUF_SCALARS[item]}"
-                found[key] = list(struct.unpack_from(fmt, data, pos))
-                pos += struct.calcsize(fmt)
-    return found
 
 
 # --- GPT-2's byte-level alphabet --------------------------------------------------------------------------------
