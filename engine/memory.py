@@ -263,23 +263,28 @@ class MemoryBook:
     def _duplicate_of(self, content: str, vector: np.ndarray | None) -> MemoryRecord | None:
         row = self.conn.execute("SELECT id FROM memories WHERE status = 'active' AND lower(content) = lower(?)",
                                 (content,)).fetchone()
+        if row is not None:
+            return self.get(row[0])
+        return None if vector is None else self._similar_active(vector)
+
+    def _similar_active(self, vector: np.ndarray) -> MemoryRecord | None:
+        """The active memory nearest `vector`, if it is within `_DUPLICATE_SIMILARITY`. The nearest
+        vectors include superseded and proposed memories: the search widens until an active one is
+        close enough, or one found is already too far."""
+        index = vector_index(self.database, "memory_vectors")
         k = 8
-        while row is None and vector is not None:
-            # The nearest vectors include superseded and proposed memories: widen the search
-            # until an active one is close enough, or the farthest found is already too far.
-            nearest = vector_index(self.database, "memory_vectors").search(vector, k)
-            marks = ",".join("?" * len(nearest))
-            query, farthest = vector_bytes(vector), 1 - _DUPLICATE_SIMILARITY
-            row = self.conn.execute(
-                f"SELECT m.id FROM memories m JOIN memory_vectors v ON v.rowid = m.rowid WHERE m.status = 'active' "
-                f"AND m.rowid IN ({marks}) AND vec_distance_cosine(v.embedding, ?) <= ? "
-                "ORDER BY vec_distance_cosine(v.embedding, ?) LIMIT 1", (*nearest, query, farthest, query)).fetchone()
-            if row is not None or len(nearest) < k or self.conn.execute(
-                    f"SELECT max(vec_distance_cosine(embedding, ?)) > ? FROM memory_vectors WHERE rowid IN ({marks})",
-                    (query, farthest, *nearest)).fetchone()[0]:
-                break
+        while True:
+            nearest = index.nearest(vector, k)
+            close = [rowid for rowid, similarity in nearest if similarity >= _DUPLICATE_SIMILARITY]
+            active = dict(self.conn.execute(
+                f"SELECT rowid, id FROM memories WHERE status = 'active' AND rowid IN ({','.join('?' * len(close))})",
+                close).fetchall()) if close else {}
+            found = next((active[rowid] for rowid in close if rowid in active), None)
+            if found is not None:
+                return self.get(found)
+            if len(close) < len(nearest) or len(nearest) < k:
+                return None
             k *= 4
-        return None if row is None else self.get(row[0])
 
     def embed_missing(self) -> int:
         """Compute vectors for messages and memories that lack one (after a crash, an import, a

@@ -57,19 +57,23 @@ class VectorIndex:
 
     def search(self, query: np.ndarray, k: int) -> list[int]:
         """Row ids of the `k` most similar vectors (cosine: the rows are unit length), best first."""
+        return [rowid for rowid, _ in self.nearest(query, k)]
+
+    def nearest(self, query: np.ndarray, k: int) -> list[tuple[int, float]]:
+        """`search` with each row's cosine similarity to `query`."""
         self._flush()
         if not len(self._rowids) or k <= 0:
             return []
         vector = np.asarray(query, dtype=np.float32)
         parts = min(_cores(), len(self._matrix) // _ROWS_PER_PART)
         if parts < 2:
-            _, rows = _best(self._matrix, vector, k, 0)
+            scores, rows = _best(self._matrix, vector, k, 0)
         else:  # numpy releases the GIL while it multiplies: each part on a core of its own
             bounds = np.linspace(0, len(self._matrix), parts + 1).astype(int)
             others = [_helpers().submit(_best, self._matrix[a:b], vector, k, a) for a, b in pairwise(bounds[1:])]
             found = [_best(self._matrix[:bounds[1]], vector, k, 0), *(f.result() for f in others)]
-            _, rows = _best_of(np.concatenate([f[0] for f in found]), np.concatenate([f[1] for f in found]), k)
-        return [int(r) for r in self._rowids[rows] if r >= 0]
+            scores, rows = _best_of(np.concatenate([f[0] for f in found]), np.concatenate([f[1] for f in found]), k)
+        return [(int(r), float(s)) for r, s in zip(self._rowids[rows], scores, strict=True) if r >= 0]
 
     def _flush(self) -> None:
         if self._pending_rowids:
