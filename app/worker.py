@@ -204,6 +204,8 @@ class EngineWorker(QObject):
             cleo.memories.store.delete_conversation(conversation_id)
             if self._open_conversation == conversation_id:
                 self._open_conversation = None
+            else:  # the open chat's "Why this answer" may have quoted the deleted chat
+                self._show_open_again(cleo)
             self._list_conversations()
             self._list_memories()
         self._guarded(delete)
@@ -225,9 +227,7 @@ class EngineWorker(QObject):
                 book.reject(memory_id)
             elif action == "forget":
                 book.forget(memory_id)
-                if self._open_conversation and not self._streaming(self._open_conversation):
-                    # its text must not stay on screen under "Why this answer" either
-                    self.conversationLoaded.emit(self._view(cleo, self._open_conversation))
+                self._show_open_again(cleo)
             elif action in ("pin", "unpin"):
                 book.pin(memory_id, action == "pin")
             else:
@@ -406,6 +406,12 @@ class EngineWorker(QObject):
     def _report_bug(self) -> None:
         log.exception("bug in the engine worker")
         self.bug.emit(traceback.format_exc())
+
+    def _show_open_again(self, cleo: Cleo) -> None:
+        """After memories were forgotten or a chat deleted: their text must not stay on screen under
+        "Why this answer"."""
+        if self._open_conversation and not self._streaming(self._open_conversation):
+            self.conversationLoaded.emit(self._view(cleo, self._open_conversation))
 
     def _streaming(self, conversation_id: str) -> bool:
         return self._turn is not None and self._turn[0] == conversation_id
