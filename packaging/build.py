@@ -104,7 +104,7 @@ def smoke_test(app: Path, install: Path) -> None:
     """Run the frozen app's smoke test with a clean environment and its install folder read-only
     (as under /opt or Program Files); raise on failure, on stray stderr, or if the app wrote
     anything into the install folder (all data belongs in the user's folders)."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("CLEO_", "PYTHON", "QT_"))}
+    env = _clean_environment()
     before = _snapshot(install)
     with _read_only(install):
         result = subprocess.run([str(app), "--smoke-test"], capture_output=True, text=True, env=env, timeout=600)
@@ -125,13 +125,17 @@ def window_test(app: Path) -> None:
         print("xvfb-run not found: the window was not opened on X11 (install xvfb to check it)")
         return
     with tempfile.TemporaryDirectory(prefix="cleo-window-") as home:
-        env = {**{k: v for k, v in os.environ.items() if not k.startswith(("CLEO_", "PYTHON", "QT_"))},
-               "CLEO_HOME": home, "CLEO_QUIT_AFTER_FIRST_PAINT": "1"}
+        env = {**_clean_environment(), "CLEO_HOME": home, "CLEO_QUIT_AFTER_FIRST_PAINT": "1"}
         result = subprocess.run([xvfb_run, "-a", "-s", "-screen 0 1280x800x24", str(app)], capture_output=True,
                                 text=True, env=env, timeout=120)
     if result.returncode != 0 or "painted" not in result.stdout.split():
         raise SystemExit(f"{app} did not open its window on X11 (exit {result.returncode}); stderr:\n{result.stderr}")
     print("window opened and painted on X11 (Xvfb)")
+
+
+def _clean_environment() -> dict[str, str]:
+    """This environment without Cleo's, Python's and Qt's variables: the frozen app as a user starts it."""
+    return {k: v for k, v in os.environ.items() if not k.startswith(("CLEO_", "PYTHON", "QT_"))}
 
 
 def _snapshot(folder: Path) -> dict[str, tuple[int, int]]:
