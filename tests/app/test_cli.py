@@ -86,8 +86,9 @@ def test_chat_once_json_gives_reply_usage_and_notices(default_models: DefaultMod
 
 
 def test_ctrl_c_stops_the_reply_but_not_the_chat(default_models: DefaultModels) -> None:
+    # Greedy: a sampled reply to the second question can wander back into the stopped story.
     env = {**os.environ, "CLEO_HOME": str(default_models.home), "CLEO_THREADS": "1", "CLEO_MAX_TOKENS": "2000",
-           "PYTHONUNBUFFERED": "1"}
+           "CLEO_TEMPERATURE": "0", "PYTHONUNBUFFERED": "1"}
     chat = subprocess.Popen([sys.executable, "-m", "app", "chat"], env=env, stdin=subprocess.PIPE,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     assert chat.stdin is not None and chat.stdout is not None
