@@ -13,9 +13,11 @@ from PySide6.QtCore import QEvent, QMessageLogContext, QObject, QTimer, QtMsgTyp
 from PySide6.QtWidgets import QApplication, QMessageBox
 
 from app.main_window import MainWindow
+from app.second_launch import SecondLaunches, bring_open_cleo_forward
 from app.worker import EngineWorker
 from engine.errors import KnownError
 from engine.logs import setup_logging
+from engine.profile_lock import default_database_path
 from engine.settings import load_settings
 
 log = logging.getLogger(__name__)
@@ -36,6 +38,11 @@ def run(argv: list[str] | None = None) -> int:
               "unset). Run it from your desktop session, or use `cleo chat` in this terminal.", file=sys.stderr)
         return 2
     setup_logging()
+    database = default_database_path()
+    if bring_open_cleo_forward(database):
+        log.info("Cleo was already open; its window was asked to come forward")
+        print("Cleo is already open: its window was brought forward.")
+        return 0
     app_started = qt_messages_to_the_log()
     app = QApplication.instance() or QApplication(argv or sys.argv[:1])
     app_started.append(True)
@@ -44,6 +51,7 @@ def run(argv: list[str] | None = None) -> int:
     app.setStyle("Fusion")
     settings, warnings = load_settings()
     window = MainWindow(settings, EngineWorker(settings))
+    SecondLaunches(database, window.bring_forward, parent=window)  # before the engine takes the profile
     sys.excepthook = _reporting_bugs(window)
     if os.environ.get(FIRST_PAINT_VARIABLE):
         _quit_after_first_paint(app, window)

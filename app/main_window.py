@@ -261,6 +261,13 @@ class MainWindow(QMainWindow):
         if self.controller.send(text):
             self.composer.clear()
 
+    def bring_forward(self) -> None:
+        """Cleo was launched again while open: show this window, unminimised, on top."""
+        self.setWindowState(self.windowState() & ~Qt.WindowState.WindowMinimized)
+        self.show()
+        self.raise_()
+        self.activateWindow()
+
     def _send_or_stop(self) -> None:
         if self.controller.busy:
             self.controller.stop()

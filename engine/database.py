@@ -14,7 +14,6 @@ from __future__ import annotations
 import logging
 import os
 import shutil
-import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -27,21 +26,17 @@ import sqlite_utils
 import sqlite_vec
 
 from engine.errors import KnownError
-from engine.paths import ensure, folders
+from engine.paths import ensure
+from engine.profile_lock import DatabaseInUse, default_database_path, lock_profile, unlock
 
 log = logging.getLogger(__name__)
 
-DATABASE_FILE = "cleo.db"
 EMBEDDING_DIMENSION = 384  # all-MiniLM-L6-v2, the default embedder
 _KEEP_BACKUPS = 5
 
 
 class DatabaseDamaged(KnownError):
     """The database file is not a database, or is damaged."""
-
-
-class DatabaseInUse(KnownError):
-    """Another Cleo has this profile open."""
 
 
 class InstallationIncomplete(KnownError):
@@ -230,19 +225,15 @@ class Database:
         self.caches.clear()
         self.conn.close()
         if self._lock is not None:
-            _unlock(self._lock)
+            unlock(self._lock)
             self._lock = None
-
-
-def default_database_path() -> Path:
-    return folders().data / DATABASE_FILE
 
 
 def open_database(path: Path | None = None) -> Database:
     """Open (or create) the profile's database, checked, locked and migrated."""
     path = path or default_database_path()
     ensure(path.parent)
-    lock = _lock_profile(path)
+    lock = lock_profile(path)
     try:
         existed = path.exists() and path.stat().st_size > 0
         conn = _connect(path)
@@ -253,7 +244,7 @@ def open_database(path: Path | None = None) -> Database:
         _migrate(database, backup=existed)
         return database
     except BaseException:
-        _unlock(lock)
+        unlock(lock)
         raise
 
 
@@ -389,26 +380,3 @@ def _write_error(path: Path, exc: sqlean.OperationalError) -> KnownError:
     if "locked" in text or "busy" in text:
         return DatabaseInUse(f"{path} is busy ({text}).", hint="Try again in a moment.")
     return KnownError(f"Cleo could not save to {path} ({text}).", hint="Details are in the log file.")
-
-
-def _lock_profile(path: Path) -> IO[bytes]:
-    """An exclusive lock next to the database, held while it is open; a second Cleo is refused."""
-    lock = path.with_name(path.name + ".lock").open("a+b")
-    try:
-        if sys.platform == "win32":
-            import msvcrt
-
-            msvcrt.locking(lock.fileno(), msvcrt.LK_NBLCK, 1)
-        else:
-            import fcntl
-
-            fcntl.flock(lock.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError:
-        lock.close()
-        raise DatabaseInUse(f"Another Cleo is already using {path}.",
-                            hint="Switch to the Cleo window that is open, or close it first.") from None
-    return lock
-
-
-def _unlock(lock: IO[bytes]) -> None:
-    lock.close()  # closing the file releases the lock on every platform

@@ -34,11 +34,13 @@ from app.main_window import MainWindow
 from app.memory_panel import MemoryPanel
 from app.models_dialog import ModelsDialog
 from app.render import LIGHT, render_markdown
+from app.second_launch import SecondLaunches, bring_open_cleo_forward
 from app.settings_dialog import PersonasEditor, SettingsDialog
 from app.worker import EngineWorker
 from engine.downloads import CatalogEntry
 from engine.events import Done, Started, Token
 from engine.paths import folders
+from engine.profile_lock import default_database_path
 from engine.session import open_memories
 from engine.settings import Settings
 from tests.conftest import DefaultModels
@@ -377,6 +379,22 @@ def test_a_profile_in_use_by_another_cleo_is_explained(qtbot: QtBot,
         assert window.model_state is None and not window.send_button.isEnabled()
     finally:
         other.close()
+
+
+def test_launching_cleo_again_brings_the_minimised_window_back(qtbot: QtBot,
+                                                                  open_window: Callable[..., MainWindow]) -> None:
+    window = open_window()
+    database = default_database_path()
+    SecondLaunches(database, window.bring_forward, parent=window)  # as app.gui wires it
+    window.showMinimized()
+    assert window.isMinimized()
+    answered: list[bool] = []
+    second_launch = threading.Thread(target=lambda: answered.append(bring_open_cleo_forward(database)))
+    second_launch.start()
+    qtbot.waitUntil(lambda: bool(answered), timeout=10_000)
+    second_launch.join()
+    assert answered == [True]
+    assert window.isVisible() and not window.isMinimized()
 
 
 def test_a_megabyte_paste_is_sent_whole_and_shortened_for_the_model_with_a_notice(
