@@ -25,6 +25,7 @@ from engine.logs import setup_logging
 from engine.paths import folders
 from engine.session import open_cleo
 from engine.settings import Settings, load_settings
+from engine.typed_lines import TypedLines
 
 log = logging.getLogger(__name__)
 
@@ -84,9 +85,10 @@ def run_chat(settings: Settings, *, model_path: Path | None, once: str | None, a
                 raise reply.error
             return 0
         print(f"Chatting with {model.name} on the {model.device}. Ctrl+C stops a reply; Ctrl+D or /quit leaves.")
+        typed = TypedLines()
         while True:
             try:
-                text = input("\nyou> ").strip()
+                text = _next_line(assistant, typed)
             except (EOFError, KeyboardInterrupt):
                 print()
                 text = "/quit"
@@ -97,10 +99,23 @@ def run_chat(settings: Settings, *, model_path: Path | None, once: str | None, a
                 reply = _reply(assistant, assistant.turn(conversation, text), live=True)
                 if reply.error is not None:
                     print(f"cleo: {reply.error.user_text()}", file=sys.stderr)
-                for update in assistant.learn():  # while the user reads the reply
-                    print(f"[memory {update.action}: {update.text}]", file=sys.stderr)
     finally:
         cleo.close()
+
+
+def _next_line(assistant: Assistant, typed: TypedLines) -> str:
+    """The user's next line. Until they send it, Cleo learns from the chat so far one model call
+    at a time, so their next reply waits for one call at most (as in the window); what it learned
+    is shown once the line is sent, not in the middle of their typing."""
+    print("\nyou> ", end="", flush=True)
+    learned: list[MemoryUpdated] = []
+    try:
+        while assistant.learning_pending and not typed.waiting():
+            learned += assistant.learn(at_most=1)
+        return typed.read().strip()
+    finally:
+        for update in learned:
+            print(f"[memory {update.action}: {update.text}]", file=sys.stderr)
 
 
 def _learn_before_leaving(assistant: Assistant, conversation: str) -> None:

@@ -6,8 +6,10 @@ import json
 import os
 import shutil
 import signal
+import sqlite3
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 from tests.conftest import DefaultModels
@@ -107,3 +109,45 @@ def test_ctrl_c_stops_the_reply_but_not_the_chat(default_models: DefaultModels) 
     assert "[stopped]" in out
     assert "Paris" in out.split("[stopped]", 1)[1]
     assert "Traceback" not in err and "KeyboardInterrupt" not in err
+
+
+def _waiting_to_learn_from(home: Path) -> list[str]:
+    """The user messages of the turns memory has still to learn from, read as another program would."""
+    with sqlite3.connect(f"file:{home / 'data' / 'cleo.db'}?mode=ro", uri=True) as conn:
+        queued = [json.loads(ids) for (ids,) in conn.execute("SELECT message_ids FROM learning_queue")]
+        return [content for ids in queued for (content,) in
+                conn.execute(f"SELECT content FROM messages WHERE role = 'user' AND id IN "
+                             f"({','.join('?' * len(ids))})", ids)]
+
+
+def test_the_next_message_is_answered_before_learning_and_learning_goes_on_while_idle(
+        default_models: DefaultModels, cleo_home: Path) -> None:
+    default_models.copy_home_to(cleo_home)
+    env = {**os.environ, "CLEO_HOME": str(cleo_home), "CLEO_THREADS": "1", "CLEO_TEMPERATURE": "0",
+           "CLEO_MAX_TOKENS": "200", "PYTHONUNBUFFERED": "1"}
+    chat = subprocess.Popen([sys.executable, "-m", "app", "chat"], env=env, stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert chat.stdin is not None and chat.stdout is not None
+    first = "I am Ada, a marine biologist in Lisbon, and I go sailing every weekend."
+    try:
+        # The second message is typed while the first reply streams, as a quick typist would.
+        chat.stdin.write(f"{first}\nWrite a long poem about the sea.\n")
+        chat.stdin.flush()
+        seen = ""
+        while seen.count("you> ") < 2:
+            seen += chat.stdout.read(1)
+        chat.stdout.read(5)  # the second reply is streaming
+        assert _waiting_to_learn_from(cleo_home) == [first]  # it did not wait for learning
+        while seen.count("you> ") < 3:
+            seen += chat.stdout.read(1)
+        for _ in range(600):  # now Cleo waits for the user, and learns meanwhile
+            if not _waiting_to_learn_from(cleo_home):
+                break
+            time.sleep(0.5)
+        assert not _waiting_to_learn_from(cleo_home)
+        assert chat.poll() is None
+        _out, err = chat.communicate("/quit\n", timeout=300)
+    finally:
+        chat.kill()
+    assert chat.returncode == 0, err
+    assert "Traceback" not in err
