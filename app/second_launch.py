@@ -10,6 +10,7 @@ megabytes to the bundle, and a file works alike on every OS.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import sys
@@ -26,6 +27,7 @@ log = logging.getLogger(__name__)
 _REQUESTS = "window-requests"
 _REQUEST_SUFFIX = ".request"
 ANSWER_WITHIN_S = 3.0
+_WAYLAND_TOKEN = "XDG_ACTIVATION_TOKEN"
 
 
 def bring_open_cleo_forward(database: Path, *, wait_s: float = ANSWER_WITHIN_S) -> bool:
@@ -33,11 +35,24 @@ def bring_open_cleo_forward(database: Path, *, wait_s: float = ANSWER_WITHIN_S) 
     took the request; False when no Cleo holds the profile or none answered within `wait_s`."""
     if not in_use(database):
         return False
-    folder = database.parent / _REQUESTS
-    request = folder / f"{os.getpid()}-{time.monotonic_ns()}{_REQUEST_SUFFIX}"
+    # A Wayland launcher hands the app it starts a one-use token that lets a window take the
+    # focus: it goes to the open Cleo (see SecondLaunches._show), or stays for our own window.
+    token = os.environ.pop(_WAYLAND_TOKEN, "")
+    if _ask(database.parent / _REQUESTS, token, wait_s):
+        return True
+    if token:
+        os.environ[_WAYLAND_TOKEN] = token
+    return False
+
+
+def _ask(folder: Path, token: str, wait_s: float) -> bool:
+    name = f"{os.getpid()}-{time.monotonic_ns()}"
+    request = folder / f"{name}{_REQUEST_SUFFIX}"
     try:
         folder.mkdir(exist_ok=True)
-        request.touch()
+        writing = folder / f"{name}.writing"
+        writing.write_text(token, encoding="utf-8")
+        writing.replace(request)  # whole, never half-written, when the open Cleo looks
     except OSError as exc:
         log.warning("could not ask the open Cleo to come forward (%s)", exc)
         return False
@@ -73,11 +88,13 @@ class SecondLaunches(QObject):
         self._watcher = QFileSystemWatcher(self)
         try:
             self._folder.mkdir(parents=True, exist_ok=True)
+            stale = list(self._folder.iterdir())  # left by a second launch that died: no request now
         except OSError as exc:
             log.warning("a second launch cannot bring this window forward: %s", exc)
             return
-        for stale in self._requests():  # left by a second launch that gave up: not a request now
-            stale.unlink(missing_ok=True)
+        for path in stale:
+            with contextlib.suppress(OSError):
+                path.unlink()
         if self._watcher.addPath(str(self._folder)):
             self._watcher.directoryChanged.connect(self._take_requests)
         else:  # out of inotify watches, say: look twice a second instead
@@ -93,13 +110,24 @@ class SecondLaunches(QObject):
             return []
 
     def _take_requests(self) -> None:
-        taken = False
+        tokens: list[str] = []
         for request in self._requests():
             try:
+                token = request.read_bytes().decode("utf-8", errors="replace").strip()
                 request.unlink()
             except OSError:  # the asker gave up and removed it first
                 continue
-            taken = True
-        if taken:
+            tokens.append(token)
+        if tokens:
             log.info("a second launch asked for this window")
+            self._show(tokens[-1])
+
+    def _show(self, token: str) -> None:
+        # Qt's Wayland plugin presents XDG_ACTIVATION_TOKEN with the window's activation
+        # request (and unsets it); without one, a compositor only marks the window as urgent.
+        if token and len(token) <= 1024 and token.isprintable():
+            os.environ[_WAYLAND_TOKEN] = token
+        try:
             self._show_window()
+        finally:
+            os.environ.pop(_WAYLAND_TOKEN, None)

@@ -3,6 +3,7 @@ the point is the window's own logic)."""
 
 from __future__ import annotations
 
+import os
 import shutil
 import sqlite3
 import threading
@@ -395,6 +396,24 @@ def test_launching_cleo_again_brings_the_minimised_window_back(qtbot: QtBot,
     second_launch.join()
     assert answered == [True]
     assert window.isVisible() and not window.isMinimized()
+
+
+def test_the_launchers_focus_token_goes_to_the_open_window(qtbot: QtBot, open_window: Callable[..., MainWindow],
+                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    # On Wayland a window takes the focus only with the token the launcher gave the new process.
+    window = open_window()
+    presented: list[str | None] = []
+    SecondLaunches(default_database_path(), lambda: presented.append(os.environ.get("XDG_ACTIVATION_TOKEN")),
+                   parent=window)
+    monkeypatch.setenv("XDG_ACTIVATION_TOKEN", "launcher-token-7")
+    answered: list[bool] = []
+    second_launch = threading.Thread(
+        target=lambda: answered.append(bring_open_cleo_forward(default_database_path())))
+    second_launch.start()
+    qtbot.waitUntil(lambda: bool(answered), timeout=10_000)
+    second_launch.join()
+    assert answered == [True] and presented == ["launcher-token-7"]
+    assert "XDG_ACTIVATION_TOKEN" not in os.environ  # used once, and not left for anything Cleo starts
 
 
 def test_a_megabyte_paste_is_sent_whole_and_shortened_for_the_model_with_a_notice(
