@@ -8,6 +8,7 @@ database: the OS drops it when the process ends, so a crash never leaves the pro
 from __future__ import annotations
 
 import sys
+import time
 from pathlib import Path
 from typing import IO
 
@@ -15,6 +16,7 @@ from engine.errors import KnownError
 from engine.paths import folders
 
 DATABASE_FILE = "cleo.db"
+_TRIES = 5
 
 
 class DatabaseInUse(KnownError):
@@ -32,11 +34,14 @@ def lock_file(database: Path) -> Path:
 def lock_profile(database: Path) -> IO[bytes]:
     """Take the profile's lock, held until `unlock`; raises DatabaseInUse when another Cleo holds it."""
     lock = lock_file(database).open("a+b")
-    if not _try_lock(lock):
-        lock.close()
-        raise DatabaseInUse(f"Another Cleo is already using {database}.",
-                            hint="Switch to the Cleo window that is open, or close it first.")
-    return lock
+    # A second launch's `in_use` holds the lock for a moment: wait that out before refusing.
+    for _ in range(_TRIES):
+        if _try_lock(lock):
+            return lock
+        time.sleep(0.05)
+    lock.close()
+    raise DatabaseInUse(f"Another Cleo is already using {database}.",
+                        hint="Switch to the Cleo window that is open, or close it first.")
 
 
 def unlock(lock: IO[bytes]) -> None:

@@ -7,6 +7,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 from pathlib import Path
 
@@ -16,12 +17,12 @@ import sqlean
 from engine.database import (
     MIGRATIONS,
     DatabaseDamaged,
-    DatabaseInUse,
     DiskFull,
     applied_migrations,
     backups_folder,
     open_database,
 )
+from engine.profile_lock import DatabaseInUse, lock_profile, unlock
 from engine.store import SqliteConversationStore
 from tests.conftest import DefaultModels
 
@@ -87,6 +88,13 @@ def test_a_second_cleo_on_the_same_profile_is_refused(tmp_path: Path) -> None:
     assert "Another Cleo" in caught.value.message
     first.close()
     open_database(tmp_path / "cleo.db").close()  # free again once the first has closed
+
+
+def test_a_lock_held_for_a_moment_does_not_refuse_cleo(tmp_path: Path) -> None:
+    # A second launch checks the lock by taking it for an instant; Cleo starting then must not fail.
+    moment = lock_profile(tmp_path / "cleo.db")
+    threading.Timer(0.1, unlock, (moment,)).start()
+    open_database(tmp_path / "cleo.db").close()
 
 
 def test_a_full_disk_fails_the_write_and_keeps_what_was_saved(tmp_path: Path) -> None:
