@@ -41,7 +41,8 @@ def lock_profile(database: Path) -> IO[bytes]:
         time.sleep(0.05)
     lock.close()
     raise DatabaseInUse(f"Another Cleo is already using {database}.",
-                        hint="Switch to the Cleo window that is open, or close it first.")
+                        hint="Switch to the Cleo that has it open (a window, or `cleo chat` in a terminal), "
+                             "or close it first.")
 
 
 def unlock(lock: IO[bytes]) -> None:
