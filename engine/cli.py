@@ -8,6 +8,7 @@ as one plain message; anything else is logged with its traceback and summarised.
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import logging
 import signal
@@ -51,6 +52,7 @@ def main(argv: list[str]) -> int:
     memory_commands.add_commands(commands)
     transfer_commands.add_commands(commands)
     args = parser.parse_args(argv)
+    _output_that_cannot_fail()
     try:
         setup_logging()
         settings, warnings = load_settings()
@@ -101,6 +103,19 @@ def run_chat(settings: Settings, *, model_path: Path | None, once: str | None, a
                     print(f"cleo: {reply.error.user_text()}", file=sys.stderr)
     finally:
         cleo.close()
+
+
+def _output_that_cannot_fail() -> None:
+    """Output to a pipe or file is UTF-8, as JSON requires: Windows would otherwise use its legacy
+    code page there and stop at the first emoji a model writes. A terminal keeps its encoding,
+    and a character it cannot show becomes "?" rather than an error."""
+    for stream in (sys.stdout, sys.stderr):
+        if not isinstance(stream, io.TextIOWrapper):
+            continue
+        if stream.isatty():
+            stream.reconfigure(errors="replace")
+        elif stream.encoding.lower().replace("-", "") != "utf8":
+            stream.reconfigure(encoding="utf-8")
 
 
 def _next_line(assistant: Assistant, typed: TypedLines) -> str:

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import DefaultModels
+from tests.conftest import DefaultModels, write_tiny_gguf
 
 
 def _cleo(*args: str, home: Path, **env: str) -> subprocess.CompletedProcess[str]:
@@ -29,7 +29,7 @@ def test_chat_once_answers_and_keeps_llama_logs_out_of_the_terminal(default_mode
     assert result.returncode == 0, result.stderr
     assert "Paris" in result.stdout
     assert "llama_context" not in result.stderr
-    log_text = (default_models.home / "logs" / "cleo.log").read_text()
+    log_text = (default_models.home / "logs" / "cleo.log").read_text(encoding="utf-8")
     assert "llama_context" in log_text
 
 
@@ -63,11 +63,11 @@ def test_models_list_shows_the_default_moe_without_loading_it(default_models: De
     shutil.rmtree(cleo_home / "logs", ignore_errors=True)
     result = _cleo("models", "list", "--json", home=cleo_home)
     assert result.returncode == 0, result.stderr
-    listed = {m["path"].rsplit("/", 1)[-1]: m for m in json.loads(result.stdout)["models"]}
+    listed = {Path(m["path"]).name: m for m in json.loads(result.stdout)["models"]}
     moe = listed["cleo-moe-4x135m-q4_1.gguf"]
     assert (moe["is_moe"], moe["experts"], moe["experts_used"]) == (True, 4, 2)
     assert listed["all-minilm-l6-v2-f16.gguf"]["is_embedding_model"]
-    assert "llama" not in (cleo_home / "logs" / "cleo.log").read_text()  # llama.cpp never ran
+    assert "llama" not in (cleo_home / "logs" / "cleo.log").read_text(encoding="utf-8")  # llama.cpp never ran
 
 
 def test_models_info_on_a_non_model_explains_the_problem(tmp_path: Path, cleo_home: Path) -> None:
@@ -79,6 +79,14 @@ def test_models_info_on_a_non_model_explains_the_problem(tmp_path: Path, cleo_ho
     assert "Traceback" not in result.stderr
 
 
+def test_output_to_a_pipe_is_utf8_whatever_the_code_page(tmp_path: Path, cleo_home: Path) -> None:
+    # A Windows pipe defaults to cp1252, which has no emoji: printing one used to end the command.
+    model = write_tiny_gguf(tmp_path / "sushi 🍣.gguf")
+    result = _cleo("models", "info", str(model), home=cleo_home, PYTHONIOENCODING="cp1252")
+    assert result.returncode == 0, result.stderr
+    assert str(model) in result.stdout
+
+
 def test_chat_once_json_gives_reply_usage_and_notices(default_models: DefaultModels) -> None:
     result = _cleo("chat", "--once", "What is the capital of France?", "--json", home=default_models.home,
                    CLEO_TEMPERATURE="0")
@@ -87,6 +95,18 @@ def test_chat_once_json_gives_reply_usage_and_notices(default_models: DefaultMod
     assert "Paris" in answer["reply"] and answer["finish_reason"] == "stop"
     assert answer["usage"]["completion_tokens"] > 0 and answer["usage"]["context_size"] == 4096
     assert answer["notices"] == [] and answer["error"] is None and answer["device"] == "CPU"
+
+
+def _read_until(chat: subprocess.Popen[str], marker: str, times: int, seen: str = "") -> str:
+    """Read the chat's output until `marker` has appeared `times` more times; fail if it ends first."""
+    assert chat.stdout is not None
+    target = seen.count(marker) + times
+    while seen.count(marker) < target:
+        char = chat.stdout.read(1)
+        if not char:
+            pytest.fail(f"cleo chat ended (exit {chat.wait()}) after printing {seen!r}")
+        seen += char
+    return seen
 
 
 @pytest.mark.skipif(sys.platform == "win32", reason="a console's Ctrl+C cannot be sent to one child process")
@@ -100,9 +120,7 @@ def test_ctrl_c_stops_the_reply_but_not_the_chat(default_models: DefaultModels) 
     try:
         chat.stdin.write("Write a very long story about a lighthouse keeper.\n")
         chat.stdin.flush()
-        seen = ""
-        while "you> " not in seen:
-            seen += chat.stdout.read(1)
+        _read_until(chat, "you> ", 1)
         chat.stdout.read(30)  # the reply is streaming
         chat.send_signal(signal.SIGINT)
         out, err = chat.communicate("What is the capital of France?\n", timeout=120)
@@ -137,13 +155,10 @@ def test_the_next_message_is_answered_before_learning_and_learning_goes_on_while
         # The second message is typed while the first reply streams, as a quick typist would.
         chat.stdin.write(f"{first}\nWrite a long poem about the sea.\n")
         chat.stdin.flush()
-        seen = ""
-        while seen.count("you> ") < 2:
-            seen += chat.stdout.read(1)
+        seen = _read_until(chat, "you> ", 2)
         chat.stdout.read(5)  # the second reply is streaming
         assert _waiting_to_learn_from(cleo_home) == [first]  # it did not wait for learning
-        while seen.count("you> ") < 3:
-            seen += chat.stdout.read(1)
+        _read_until(chat, "you> ", 1, seen)
         for _ in range(600):  # now Cleo waits for the user, and learns meanwhile
             if not _waiting_to_learn_from(cleo_home):
                 break
