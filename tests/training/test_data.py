@@ -19,6 +19,7 @@ from engine.llama_backend import ChatModel
 from engine.store import SqliteConversationStore
 from engine.transfer import export_everything
 from tests.conftest import DefaultModels
+from tests.training.shared_data import needs_shared_data
 from training.data import (
     IGNORE_INDEX,
     Batches,
@@ -80,6 +81,7 @@ def _sample(shared: dict[str, list[Example]], per_file: int = 60) -> list[Exampl
 # --- readers -------------------------------------------------------------------------------------------------------
 
 
+@needs_shared_data
 def test_the_shared_files_read_with_plausible_counts(shared: dict[str, list[Example]]) -> None:
     counts = {name: len(examples) for name, examples in shared.items()}
     assert counts == {"fastchat_dummy_conversation.json": 500, "gpteacher_roleplay.json": 1923,
@@ -98,6 +100,7 @@ def test_the_shared_files_read_with_plausible_counts(shared: dict[str, list[Exam
     assert question == f"{roleplay[with_input]['instruction']}\n\n{roleplay[with_input]['input']}"
 
 
+@needs_shared_data
 def test_a_malformed_record_in_the_real_chatterbot_data_is_named_and_skippable() -> None:
     # trivia.yml has a question whose "- " is missing, so YAML reads it as one string.
     with pytest.raises(DataError) as caught:
@@ -207,6 +210,7 @@ def test_a_damaged_cleo_export_names_the_conversation(tmp_path: Path) -> None:
 # --- identity ------------------------------------------------------------------------------------------------------
 
 
+@needs_shared_data
 def test_fastchat_identity_answers_become_cleo_s() -> None:
     examples, (report,) = read_chat_data([FASTCHAT])
     assert (report.identity_rewritten, report.identity_cut, report.identity_dropped) == (500, 0, 0)
@@ -276,6 +280,7 @@ def _assistant_spans(example: TokenizedExample) -> list[list[int]]:
     return spans
 
 
+@needs_shared_data
 @pytest.mark.parametrize("which", ["chatml", "smollm"])
 def test_the_loss_mask_is_exactly_the_assistant_messages(which: str, request: pytest.FixtureRequest,
                                                          shared: dict[str, list[Example]]) -> None:
@@ -295,6 +300,7 @@ def test_the_loss_mask_is_exactly_the_assistant_messages(which: str, request: py
         assert tokenizer.decode(example.ids) == rendered[: rendered.rindex("<|im_end|>") + len("<|im_end|>")]
 
 
+@needs_shared_data
 def test_rendering_and_tokens_equal_the_engine_s(smollm: Tokenizer, dense_model: ChatModel,
                                                  shared: dict[str, list[Example]]) -> None:
     template = ChatTemplate.for_tokenizer(smollm)
@@ -310,6 +316,7 @@ PLAIN_TEMPLATE = ("{% for m in messages %}{% if m.role == 'user' %}USER: {{ m.co
                   "{% if add_generation_prompt %}ASSISTANT: {% endif %}")
 
 
+@needs_shared_data
 def test_a_token_across_the_template_boundary_counts_as_the_assistant_s(chatml: Tokenizer) -> None:
     # The prompt ends with the space of "ASSISTANT: ", but in the whole conversation that space
     # starts the reply's first token " Paris": the token is learnt, as the reply's.
@@ -319,6 +326,7 @@ def test_a_token_across_the_template_boundary_counts_as_the_assistant_s(chatml: 
     assert [chatml.decode(span) for span in _assistant_spans(example)] == [" Paris.<|im_end|>"]
 
 
+@needs_shared_data
 def test_templates_that_cannot_be_masked_or_run_safely_are_refused(chatml: Tokenizer) -> None:
     messages = [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello"}]
     counting = ChatTemplate("{{ messages | length }}" + PLAIN_TEMPLATE)  # every turn changes the first line
@@ -349,6 +357,7 @@ def _all_examples_once(rows: np.ndarray, segments: np.ndarray) -> list[list[int]
     return sorted(rows[r, segments[r] == s].tolist() for r in range(len(rows)) for s in set(segments[r].tolist()) - {0})
 
 
+@needs_shared_data
 def test_packed_rows_and_batches_have_the_promised_shapes(encoded: list[TokenizedExample], chatml: Tokenizer) -> None:
     assert max(len(e) for e in encoded) <= 2049
     rows = pack_examples(encoded, 2048, pad_id=chatml.pad_id or 0, seed=0)
@@ -369,6 +378,7 @@ def test_packed_rows_and_batches_have_the_promised_shapes(encoded: list[Tokenize
     assert (batch["position_ids"][batch["segment_ids"] > 0] >= 0).all()
 
 
+@needs_shared_data
 def test_examples_longer_than_a_row_are_cut_and_counted(encoded: list[TokenizedExample]) -> None:
     rows = pack_examples(encoded, 32, pad_id=0)
     assert rows.truncated > 0 and rows.tokens.shape[1] == 33
@@ -376,6 +386,7 @@ def test_examples_longer_than_a_row_are_cut_and_counted(encoded: list[TokenizedE
     assert pack_examples([no_target_early, *encoded[:3]], 32, pad_id=0).dropped == 1
 
 
+@needs_shared_data
 def test_plain_text_is_learnt_everywhere(chatml: Tokenizer) -> None:
     documents = [r["response"] for r in json.loads(CODEGEN.read_text(encoding="utf-8"))[:200]]
     data = text_data(documents, chatml, seq_len=64, batch_size=8, seed=1, held_out_fraction=0.1)
@@ -389,6 +400,7 @@ def test_plain_text_is_learnt_everywhere(chatml: Tokenizer) -> None:
     assert int(sum((b != IGNORE_INDEX).sum() for b in labels)) == n_tokens - len(documents)
 
 
+@needs_shared_data
 def test_the_held_out_split_is_fixed_disjoint_and_seeded(shared: dict[str, list[Example]]) -> None:
     examples = [e for examples in shared.values() for e in examples]
     train, held_out = split_examples(examples, fraction=0.05, seed=0)
@@ -462,6 +474,7 @@ def test_split_and_batches_are_the_same_in_another_process() -> None:
 # --- all together --------------------------------------------------------------------------------------------------
 
 
+@needs_shared_data
 def test_chat_data_from_files_to_batches(chatml: Tokenizer) -> None:
     data = chat_data([FASTCHAT, CHATTERBOT], chatml, seq_len=256, batch_size=4, seed=0, held_out_fraction=0.1,
                      skip_bad=True, system_prompt="You are Cleo.", limit=600)

@@ -8,6 +8,7 @@ import numpy as np
 import torch
 
 from tests.conftest import DefaultModels
+from tests.training.shared_data import needs_shared_data
 from training.data import chat_data
 from training.evaluate import gguf_perplexity
 from training.finetune import SHARED_DATA, TrainingBatches
@@ -18,6 +19,7 @@ from training.train import TrainConfig, Trainer
 from training.upcycle import diversify_experts
 
 
+@needs_shared_data
 def test_a_model_trained_here_runs_in_llama_cpp_with_the_same_perplexity(
     tmp_path: Path, default_models: DefaultModels
 ) -> None:

@@ -15,6 +15,7 @@ from engine.errors import ModelFileInvalid
 from engine.gguf_header import read_header
 from engine.llama_backend import ChatModel
 from tests.conftest import DefaultModels, write_tiny_gguf
+from tests.training.shared_data import needs_shared_data
 from training.finetune import SHARED_DATA
 from training.tokenizer import (
     CHATML_SPECIAL_TOKENS,
@@ -246,6 +247,7 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> tuple[Tokenizer, Path]:
     return tokenizer, _write_vocab_gguf(tokenizer, tmp_path_factory.mktemp("trained") / "vocab.gguf")
 
 
+@needs_shared_data
 def test_a_trained_vocabulary_has_chatml_and_the_chosen_pre_tokenizer(trained: tuple[Tokenizer, Path]) -> None:
     tokenizer, _ = trained
     assert tokenizer.vocab_size == 2000
@@ -257,6 +259,7 @@ def test_a_trained_vocabulary_has_chatml_and_the_chosen_pre_tokenizer(trained: t
     assert tokenizer.encode("<|im_start|>user\n") == [1, *tokenizer.encode("user\n")]
 
 
+@needs_shared_data
 def test_a_trained_vocabulary_loads_vocab_only_in_llama_cpp_with_the_same_ids(trained: tuple[Tokenizer, Path]) -> None:
     tokenizer, path = trained
     llm = _vocab_only(path)
@@ -274,6 +277,7 @@ def test_a_trained_vocabulary_loads_vocab_only_in_llama_cpp_with_the_same_ids(tr
         llm.close()
 
 
+@needs_shared_data
 def test_trained_tokens_are_at_most_32_bytes(trained: tuple[Tokenizer, Path]) -> None:
     tokenizer, _ = trained
     assert MAX_TOKEN_BYTES == 32
@@ -288,6 +292,7 @@ def test_the_32_byte_cap_holds_where_the_data_asks_for_longer_tokens() -> None:
     assert max(len(uncapped.token_bytes(i)) for i in range(uncapped.vocab_size)) > 32
 
 
+@needs_shared_data
 @pytest.mark.parametrize("pre", ["gpt-2", "smollm", "qwen2", "default"])
 def test_other_pre_tokenizers_match_llama_cpp_too(pre: str, tmp_path: Path) -> None:
     tokenizer = train_bpe(_training_texts()[::4], 1000, pre=pre)
