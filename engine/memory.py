@@ -93,21 +93,21 @@ class MemoryBook:
     def memories(self, *, status: str = "active", kind: str | None = None) -> list[MemoryRecord]:
         rows = self.conn.execute(
             f"SELECT {_COLUMNS} FROM memories WHERE status = ? AND (? IS NULL OR kind = ?) "
-            "ORDER BY pinned DESC, created_at", (status, kind, kind)).fetchall()
+            "ORDER BY pinned DESC, created_at, rowid", (status, kind, kind)).fetchall()
         return [_record(r) for r in rows]
 
     def about_user(self, limit: int) -> list[MemoryRecord]:
         """Pinned, profile and instruction memories, pinned first, then oldest first (a stable order)."""
         rows = self.conn.execute(
             f"SELECT {_COLUMNS} FROM memories WHERE status = 'active' AND (pinned = 1 OR kind IN "
-            "('profile', 'instruction')) ORDER BY pinned DESC, created_at LIMIT ?", (limit,)).fetchall()
+            "('profile', 'instruction')) ORDER BY pinned DESC, created_at, rowid LIMIT ?", (limit,)).fetchall()
         return [_record(r) for r in rows]
 
     def derived_from(self, conversation_id: str) -> list[MemoryRecord]:
         """Memories learned from a conversation: what to ask about before deleting it."""
         rows = self.conn.execute(
             f"SELECT {_COLUMNS} FROM memories WHERE source_conversation_id = ? "
-            "AND status IN ('active', 'proposed') ORDER BY created_at", (conversation_id,)).fetchall()
+            "AND status IN ('active', 'proposed') ORDER BY created_at, rowid", (conversation_id,)).fetchall()
         return [_record(r) for r in rows]
 
     def inbox(self) -> list[MemoryRecord]:

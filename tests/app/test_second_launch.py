@@ -32,7 +32,7 @@ def test_a_second_launch_brings_the_open_cleo_forward_and_exits(default_models: 
         assert second.returncode == 0, second.stderr
         assert "already open" in second.stdout and "its window was brought forward" in second.stdout
         assert first.poll() is None  # the open Cleo goes on
-        log_text = (cleo_home / "logs" / "cleo.log").read_text()
+        log_text = (cleo_home / "logs" / "cleo.log").read_text(encoding="utf-8")
         assert "a second launch asked for this window" in log_text
     finally:
         first.kill()

@@ -92,7 +92,7 @@ def test_a_second_cleo_on_the_same_profile_is_refused(tmp_path: Path) -> None:
 def test_a_lock_held_for_a_moment_does_not_refuse_cleo(tmp_path: Path) -> None:
     # A second launch checks the lock by taking it for an instant; Cleo starting then must not fail.
     moment = lock_profile(tmp_path / "cleo.db")
-    threading.Timer(0.1, unlock, (moment,)).start()
+    threading.Timer(0.02, unlock, (moment,)).start()
     open_database(tmp_path / "cleo.db").close()
 
 

@@ -8,6 +8,7 @@ import errno
 import faulthandler
 import os
 import socket
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -139,8 +140,9 @@ def test_a_full_disk_while_checkpointing_leaves_the_previous_checkpoint(tmp_path
 
 def _ddp_rank(rank: int, output: str, port: int, parallel: str) -> None:
     # gloo picks its network interface from the host name, which can hang in containers: use loopback.
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), WORLD_SIZE="2", RANK=str(rank),
-                      GLOO_SOCKET_IFNAME="lo")
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), WORLD_SIZE="2", RANK=str(rank))
+    if sys.platform != "win32":  # Windows has no interface named for its loopback
+        os.environ["GLOO_SOCKET_IFNAME"] = "lo0" if sys.platform == "darwin" else "lo"
     torch.set_num_threads(1)
     # A stuck collective must fail the test with a stack trace, never hang the suite.
     trace = (Path(output) / f"rank{rank}-stack.txt").open("w")
