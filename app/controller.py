@@ -59,6 +59,9 @@ class ChatController(QObject):
         self.ready = False  # a model is loaded
         self._streaming: tuple[str, str] | None = None  # conversation id, reply id
         self._text = ""
+        # conversation id, reply: the reply just finished, until the chat reloaded from the engine
+        # (which arrives a moment later) holds it; Ctrl+Shift+C at that moment copies it all the same
+        self._just_written: tuple[str, str] | None = None
         self._dirty = False
         self._thread = QThread()
         self._thread.setObjectName("cleo-engine")
@@ -175,6 +178,8 @@ class ChatController(QObject):
     def last_reply(self) -> str:
         if self._streaming is not None and self._streaming[0] == self.current:
             return self._text
+        if self._just_written is not None and self._just_written[0] == self.current:
+            return self._just_written[1]
         messages = self.view.view.messages if self.view.view is not None else ()
         replies = [m.content for m in messages if m.role == "assistant"]
         return replies[-1] if replies else ""
@@ -197,6 +202,8 @@ class ChatController(QObject):
 
     @Slot(object)
     def _on_loaded(self, view: ConversationView) -> None:
+        if self._just_written is not None and self._just_written[0] == view.id:
+            self._just_written = None
         if view.id != self.current:
             return  # the user has moved on
         streaming = self._streaming is not None and self._streaming[0] == view.id
@@ -240,6 +247,7 @@ class ChatController(QObject):
             self._repaint.stop()
             if shown:
                 self.view.end_reply()
+            self._just_written = (conversation_id, self._text)
             self._streaming = None
             if isinstance(event, Failed):
                 self.failed.emit(event.error)

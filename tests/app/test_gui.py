@@ -383,6 +383,22 @@ def test_a_profile_in_use_by_another_cleo_is_explained(qtbot: QtBot,
         other.close()
 
 
+def test_the_reply_can_be_copied_the_moment_it_ends(qtbot: QtBot, open_window: Callable[..., MainWindow]) -> None:
+    # The engine sends the reloaded chat a moment after the reply ends; copying must not wait for it.
+    window = open_window()
+    copied: list[str] = []
+
+    def copy_when_done(busy: bool) -> None:
+        if not busy:
+            copied.append(window.controller.last_reply())
+
+    window.controller.busyChanged.connect(copy_when_done)
+    _send(qtbot, window, "Say something short.")
+    assert window.chat.view is not None
+    reply = window.chat.view.messages[-1].content
+    assert reply and copied == [reply]
+
+
 def test_launching_cleo_again_brings_the_minimised_window_back(qtbot: QtBot,
                                                                   open_window: Callable[..., MainWindow]) -> None:
     window = open_window()
