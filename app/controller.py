@@ -175,6 +175,11 @@ class ChatController(QObject):
     def apply_settings(self, settings: Settings) -> None:
         self._apply_settings.emit(settings)
 
+    @property
+    def settled(self) -> bool:
+        """No reply is being written, and the chat on screen is the engine's copy with the last one."""
+        return not self.busy and (self._just_written is None or self._just_written[0] != self.current)
+
     def last_reply(self) -> str:
         if self._streaming is not None and self._streaming[0] == self.current:
             return self._text

@@ -113,8 +113,7 @@ def _remembered(panel: MemoryPanel) -> dict[str, QTreeWidgetItem]:
 
 
 def _idle(qtbot: QtBot, window: MainWindow) -> None:
-    qtbot.waitUntil(lambda: not window.controller.busy, timeout=60_000)
-    qtbot.wait(50)  # the reloaded conversation arrives right after
+    qtbot.waitUntil(lambda: window.controller.settled, timeout=60_000)
 
 
 def test_a_message_streams_a_reply_generated_off_the_gui_thread_and_both_are_saved(
