@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -17,7 +18,11 @@ from tests.conftest import DefaultModels
 def home(cleo_home: Path, default_models: DefaultModels) -> Path:
     """A fresh profile that shares the session's built models (linked, not copied)."""
     (cleo_home / "data").mkdir(parents=True)
-    (cleo_home / "data" / "models").symlink_to(default_models.home / "data" / "models")
+    models = default_models.home / "data" / "models"
+    try:
+        (cleo_home / "data" / "models").symlink_to(models)
+    except OSError:  # Windows allows links to administrators and developer mode only
+        shutil.copytree(models, cleo_home / "data" / "models")
     return cleo_home
 
 
