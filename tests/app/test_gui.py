@@ -398,19 +398,23 @@ def test_the_reply_can_be_copied_the_moment_it_ends(qtbot: QtBot, open_window: C
     assert reply and copied == [reply]
 
 
-def test_launching_cleo_again_brings_the_minimised_window_back(qtbot: QtBot,
-                                                                  open_window: Callable[..., MainWindow]) -> None:
-    window = open_window()
-    database = default_database_path()
-    SecondLaunches(database, window.bring_forward, parent=window)  # as app.gui wires it
-    window.showMinimized()
-    assert window.isMinimized()
+def _launch_again(qtbot: QtBot) -> bool:
+    """What a second launch does first, on a thread of its own while this event loop answers it."""
     answered: list[bool] = []
-    second_launch = threading.Thread(target=lambda: answered.append(bring_open_cleo_forward(database)))
+    second_launch = threading.Thread(target=lambda: answered.append(bring_open_cleo_forward(default_database_path())))
     second_launch.start()
     qtbot.waitUntil(lambda: bool(answered), timeout=10_000)
     second_launch.join()
-    assert answered == [True]
+    return answered == [True]
+
+
+def test_launching_cleo_again_brings_the_minimised_window_back(qtbot: QtBot,
+                                                                  open_window: Callable[..., MainWindow]) -> None:
+    window = open_window()
+    SecondLaunches(default_database_path(), window.bring_forward, parent=window)  # as app.gui wires it
+    window.showMinimized()
+    assert window.isMinimized()
+    assert _launch_again(qtbot)
     assert window.isVisible() and not window.isMinimized()
 
 
@@ -422,13 +426,7 @@ def test_the_launchers_focus_token_goes_to_the_open_window(qtbot: QtBot, open_wi
     SecondLaunches(default_database_path(), lambda: presented.append(os.environ.get("XDG_ACTIVATION_TOKEN")),
                    parent=window)
     monkeypatch.setenv("XDG_ACTIVATION_TOKEN", "launcher-token-7")
-    answered: list[bool] = []
-    second_launch = threading.Thread(
-        target=lambda: answered.append(bring_open_cleo_forward(default_database_path())))
-    second_launch.start()
-    qtbot.waitUntil(lambda: bool(answered), timeout=10_000)
-    second_launch.join()
-    assert answered == [True] and presented == ["launcher-token-7"]
+    assert _launch_again(qtbot) and presented == ["launcher-token-7"]
     assert "XDG_ACTIVATION_TOKEN" not in os.environ  # used once, and not left for anything Cleo starts
 
 
