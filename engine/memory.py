@@ -533,12 +533,12 @@ class MemoryHooks:
 
     def on_recalled(self, reply_id: str, items: Sequence[RecalledItem]) -> None:
         """Keep, by reference, what was added to a reply's prompt, for "Why this answer" later."""
+        named = [(i, item, item.memory_id if item.kind == "memory" else item.message_id)
+                 for i, item in enumerate(items)]
         with self.book.database.write() as conn:
             conn.executemany("INSERT OR REPLACE INTO reply_recalls (reply_id, position, kind, item_id, score) "
                              "VALUES (?, ?, ?, ?, ?)",
-                             [(reply_id, i, item.kind, item.memory_id if item.kind == "memory" else item.message_id,
-                               item.score) for i, item in enumerate(items)
-                              if (item.memory_id if item.kind == "memory" else item.message_id)])
+                             [(reply_id, i, item.kind, item_id, item.score) for i, item, item_id in named if item_id])
 
     def recalled_in(self, conversation_id: str) -> dict[str, tuple[RecalledItem, ...]]:
         """Reply id -> what memory added to its prompt, for the conversation's replies (as they are

@@ -139,7 +139,8 @@ def _clean_environment() -> dict[str, str]:
 
 
 def _snapshot(folder: Path) -> dict[str, tuple[int, int]]:
-    return {str(p.relative_to(folder)): (p.lstat().st_size, p.lstat().st_mtime_ns) for p in folder.rglob("*")}
+    return {str(p.relative_to(folder)): (st.st_size, st.st_mtime_ns)
+            for p in folder.rglob("*") for st in [p.lstat()]}
 
 
 @contextlib.contextmanager
