@@ -35,10 +35,11 @@ def lock_profile(database: Path) -> IO[bytes]:
     """Take the profile's lock, held until `unlock`; raises DatabaseInUse when another Cleo holds it."""
     lock = lock_file(database).open("a+b")
     # A second launch's `in_use` holds the lock for a moment: wait that out before refusing.
-    for _ in range(_TRIES):
+    for attempt in range(_TRIES):
+        if attempt:
+            time.sleep(0.05)
         if _try_lock(lock):
             return lock
-        time.sleep(0.05)
     lock.close()
     raise DatabaseInUse(f"Another Cleo is already using {database}.",
                         hint="Switch to the Cleo that has it open (a window, or `cleo chat` in a terminal), "
