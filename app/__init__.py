@@ -1,1 +1,1 @@
-"""Cleo's desktop app (PySide6). Until the window lands (issue 6), `cleo` opens the terminal chat."""
+"""Cleo's desktop app (PySide6): the window over the engine's Session, and the `cleo` command."""

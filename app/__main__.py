@@ -1,6 +1,6 @@
 """The `cleo` console script.
 
-With no command it opens Cleo; commands (`cleo chat`, ...) are handed to `engine.cli` without
+With no command it opens Cleo; commands (`cleo chat`, ...) are handed to `engine.cli.main` without
 importing Qt, so they work on machines with no display.
 """
 
@@ -19,9 +19,9 @@ def main(argv: list[str] | None = None) -> int:
         from app.gui import run
 
         return run()
-    from engine import cli
+    from engine import run_command
 
-    return cli.main(args)
+    return run_command(args)
 
 
 if __name__ == "__main__":

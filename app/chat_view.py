@@ -1,9 +1,10 @@
 """The conversation: one QTextBrowser document, the streaming reply re-rendered in place.
 
-FACTS.md measured this layout as the smoothest for Qt Widgets: the last ~100 messages are laid
-out first (older ones on request), and only the message being streamed is replaced, at most
-every 50 ms (the controller merges tokens). Actions under a message are `cleo:` links, so they
-are selectable text like the rest and cost no widgets per message.
+This layout measured as the smoothest for Qt Widgets (`bench/gui.py` times the first paint and
+the stalls while a reply streams): the last ~100 messages are laid out first (older ones on
+request), and only the message being streamed is replaced, at most every 50 ms (the controller
+merges tokens). Actions under a message are `cleo:` links, so they are selectable text like the
+rest and cost no widgets per message.
 """
 
 from __future__ import annotations
@@ -11,15 +12,16 @@ from __future__ import annotations
 import html
 import time
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from PySide6.QtCore import QUrl, Signal
 from PySide6.QtGui import QDesktopServices, QGuiApplication, QTextCursor
 from PySide6.QtWidgets import QTextBrowser, QWidget
 
 from app.render import LIGHT, Palette, render_markdown
-from app.worker import ConversationView
-from engine.conversations import Message
-from engine.events import RecalledItem
+
+if TYPE_CHECKING:
+    from engine import ConversationView, Message, RecalledItem
 
 FIRST_SHOWN = 100  # messages laid out when a conversation opens; older ones on request
 
@@ -31,16 +33,16 @@ class _Streaming:
 
 
 class ChatView(QTextBrowser):
-    regenerateRequested = Signal(str)  # reply id
-    editRequested = Signal(str)  # user message id
-    alternativeRequested = Signal(str, int)  # a message id, which of its alternatives to show (from 0)
-    sourceRequested = Signal(str, str)  # conversation id, message id ("why this answer" links)
+    regenerate_requested = Signal(str)  # reply id
+    edit_requested = Signal(str)  # user message id
+    alternative_requested = Signal(str, int)  # a message id, which of its alternatives to show (from 0)
+    source_requested = Signal(str, str)  # conversation id, message id ("why this answer" links)
 
     def __init__(self, parent: QWidget | None = None) -> None:
         super().__init__(parent)
         self.setOpenLinks(False)
         self.setOpenExternalLinks(False)
-        self.anchorClicked.connect(self._follow)
+        self.anchorClicked.connect(self.on_anchor_clicked)
         self.setAccessibleName(self.tr("Conversation"))
         self.setAccessibleDescription(self.tr("The messages of the open chat; links under each reply copy, "
                                               "regenerate or explain it."))
@@ -207,7 +209,7 @@ class ChatView(QTextBrowser):
 
     # --- links ----------------------------------------------------------------------------------------------
 
-    def _follow(self, url: QUrl) -> None:
+    def on_anchor_clicked(self, url: QUrl) -> None:
         if url.scheme() in ("http", "https"):
             QDesktopServices.openUrl(url)
             return
@@ -221,9 +223,9 @@ class ChatView(QTextBrowser):
         elif action == "copy":
             QGuiApplication.clipboard().setText(self.message_text(rest))
         elif action == "regenerate":
-            self.regenerateRequested.emit(rest)
+            self.regenerate_requested.emit(rest)
         elif action == "edit":
-            self.editRequested.emit(rest)
+            self.edit_requested.emit(rest)
         elif action == "alt" and self.view is not None:
             message_id, _, step = rest.partition("/")
             self._step_alternative(message_id, int(step))
@@ -233,7 +235,7 @@ class ChatView(QTextBrowser):
             self.scroll_to_message(rest)
         elif action == "source":
             conversation_id, _, message_id = rest.partition("/")
-            self.sourceRequested.emit(conversation_id, message_id)
+            self.source_requested.emit(conversation_id, message_id)
 
     def message_text(self, message_id: str) -> str:
         if self._streaming is not None and self._streaming.message_id == message_id:
@@ -248,4 +250,4 @@ class ChatView(QTextBrowser):
         index, count = self.view.alternatives.get(message_id, (1, 1))
         target = index - 1 + step
         if 0 <= target < count:
-            self.alternativeRequested.emit(message_id, target)
+            self.alternative_requested.emit(message_id, target)

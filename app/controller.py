@@ -13,40 +13,40 @@ from typing import TYPE_CHECKING, Any
 from PySide6.QtCore import QObject, QThread, QTimer, Signal, Slot
 
 from app.chat_view import ChatView
-from app.worker import ConversationView, EngineWorker
-from engine.events import Done, Failed, MemoryUpdated, Notice, Recalled, Started, Token, Usage
+from app.worker import EngineWorker
+from engine import ConversationView, Done, Failed, MemoryUpdated, Notice, Recalled, Started, Token, Usage
 
 if TYPE_CHECKING:
-    from engine.settings import Settings
+    from engine import Settings
 
 REPAINT_MS = 50  # at most 20 repaints a second while a reply streams
 
 
 class ChatController(QObject):
     # to the worker (queued: the worker lives on its own thread)
-    _send = Signal(str, str, bool, str)
-    _regenerate = Signal(str, str)
-    _edit = Signal(str, str, str)
-    _open = Signal(str)
-    _alternative = Signal(str, int)
-    _change = Signal(str, object)
-    _delete = Signal(str, bool)
-    _search = Signal(str)
-    _memory_action = Signal(str, str)
-    _memory_edit = Signal(str, str)
-    _memory_add = Signal(str, str)
-    _list_models = Signal()
-    _use_model = Signal(str)
-    _use_model_in_chat = Signal(str, str)
-    _apply_settings = Signal(object)
-    _shutdown = Signal()
+    send_requested = Signal(str, str, bool, str)
+    regenerate_requested = Signal(str, str)
+    edit_requested = Signal(str, str, str)
+    open_requested = Signal(str)
+    alternative_requested = Signal(str, int)
+    change_requested = Signal(str, object)
+    delete_requested = Signal(str, bool)
+    search_requested = Signal(str)
+    memory_action_requested = Signal(str, str)
+    memory_edit_requested = Signal(str, str)
+    memory_add_requested = Signal(str, str)
+    models_list_requested = Signal()
+    model_chosen = Signal(str)
+    chat_model_chosen = Signal(str, str)
+    settings_applied = Signal(object)
+    shutdown_requested = Signal()
 
     # to the window
-    currentChanged = Signal(object)  # the ConversationView shown, or None for a new chat
-    busyChanged = Signal(bool)
-    usage = Signal(object)  # Usage
-    memoryUpdated = Signal(object)  # MemoryUpdated: the chip in the chat
-    failed = Signal(object)  # KnownError: a reply that could not be written
+    current_changed = Signal(object)  # the ConversationView shown, or None for a new chat
+    busy_changed = Signal(bool)
+    usage_reported = Signal(object)  # Usage
+    memory_updated = Signal(object)  # MemoryUpdated: the chip in the chat
+    reply_failed = Signal(object)  # KnownError: a reply that could not be written
 
     def __init__(self, worker: EngineWorker, view: ChatView) -> None:
         super().__init__()
@@ -66,37 +66,44 @@ class ChatController(QObject):
         self._thread = QThread()
         self._thread.setObjectName("cleo-engine")
         worker.moveToThread(self._thread)
-        for signal, slot in ((self._send, worker.send), (self._regenerate, worker.regenerate),
-                             (self._edit, worker.edit),
-                             (self._open, worker.openConversation), (self._alternative, worker.showAlternative),
-                             (self._change, worker.changeConversation), (self._delete, worker.deleteConversation),
-                             (self._search, worker.search), (self._memory_action, worker.changeMemory),
-                             (self._memory_edit, worker.editMemory), (self._memory_add, worker.addMemory),
-                             (self._list_models, worker.listModels), (self._use_model, worker.useModel),
-                             (self._use_model_in_chat, worker.useModelInChat),
-                             (self._apply_settings, worker.applySettings), (self._shutdown, worker.shutdown)):
+        for signal, slot in ((self.send_requested, worker.on_controller_send_requested),
+                             (self.regenerate_requested, worker.on_controller_regenerate_requested),
+                             (self.edit_requested, worker.on_controller_edit_requested),
+                             (self.open_requested, worker.on_controller_open_requested),
+                             (self.alternative_requested, worker.on_controller_alternative_requested),
+                             (self.change_requested, worker.on_controller_change_requested),
+                             (self.delete_requested, worker.on_controller_delete_requested),
+                             (self.search_requested, worker.on_controller_search_requested),
+                             (self.memory_action_requested, worker.on_controller_memory_action_requested),
+                             (self.memory_edit_requested, worker.on_controller_memory_edit_requested),
+                             (self.memory_add_requested, worker.on_controller_memory_add_requested),
+                             (self.models_list_requested, worker.on_controller_models_list_requested),
+                             (self.model_chosen, worker.on_controller_model_chosen),
+                             (self.chat_model_chosen, worker.on_controller_chat_model_chosen),
+                             (self.settings_applied, worker.on_controller_settings_applied),
+                             (self.shutdown_requested, worker.on_controller_shutdown_requested)):
             signal.connect(slot)
-        self._thread.started.connect(worker.start)
-        worker.turnEvent.connect(self._on_event)
-        worker.conversationLoaded.connect(self._on_loaded)
-        worker.conversationStarted.connect(self._on_started)
-        worker.busyChanged.connect(self._on_busy)
-        worker.ready.connect(self._on_ready)
-        view.regenerateRequested.connect(self.regenerate)
-        view.alternativeRequested.connect(self._alternative)
+        self._thread.started.connect(worker.on_thread_started)
+        worker.turn_advanced.connect(self.on_worker_turn_advanced)
+        worker.conversation_loaded.connect(self.on_worker_conversation_loaded)
+        worker.conversation_started.connect(self.on_worker_conversation_started)
+        worker.busy_changed.connect(self.on_worker_busy_changed)
+        worker.model_loaded.connect(self.on_worker_model_loaded)
+        view.regenerate_requested.connect(self.on_view_regenerate_requested)
+        view.alternative_requested.connect(self.alternative_requested)
         self._repaint = QTimer(self)
         self._repaint.setInterval(REPAINT_MS)
-        self._repaint.timeout.connect(self._paint)
+        self._repaint.timeout.connect(self.on_repaint_timeout)
 
     def start(self) -> None:
         self._thread.start()
 
-    def stop_thread(self, timeout_ms: int = 10_000) -> None:
-        """Close the engine on its thread (a temporary chat is deleted) and end the thread."""
+    def stop_thread(self, timeout_ms: int = 30_000) -> None:
+        """Close the engine on its thread (a temporary chat is deleted); the thread ends once it has.
+        The wait covers a learning step under way (one model call)."""
         if self._thread.isRunning():
             self.worker.stop_reply()
-            self._shutdown.emit()
-            self._thread.quit()
+            self.shutdown_requested.emit()
             self._thread.wait(timeout_ms)
 
     # --- intents ----------------------------------------------------------------------------------------
@@ -107,20 +114,23 @@ class ChatController(QObject):
         if not text.strip() or self.busy or not self.ready:
             return False
         self.view.append_user_message(text)
-        self._send.emit(self.current, text, self.new_chat_temporary, self.new_chat_instructions)
+        self.send_requested.emit(self.current, text, self.new_chat_temporary, self.new_chat_instructions)
         return True
 
     def stop(self) -> None:
         self.worker.stop_reply()
 
     @Slot(str)
+    def on_view_regenerate_requested(self, reply_id: str) -> None:
+        self.regenerate(reply_id)
+
     def regenerate(self, reply_id: str) -> None:
         if self.current and not self.busy:
-            self._regenerate.emit(self.current, reply_id)
+            self.regenerate_requested.emit(self.current, reply_id)
 
     def edit(self, message_id: str, text: str) -> None:
         if self.current and text.strip() and not self.busy:
-            self._edit.emit(self.current, message_id, text)
+            self.edit_requested.emit(self.current, message_id, text)
 
     def open(self, conversation_id: str) -> None:
         self.current = conversation_id
@@ -128,8 +138,8 @@ class ChatController(QObject):
         self.new_chat_instructions = ""
         if not conversation_id:
             self.view.show_conversation(None)
-            self.currentChanged.emit(None)
-        self._open.emit(conversation_id)
+            self.current_changed.emit(None)
+        self.open_requested.emit(conversation_id)
 
     def new_chat(self, *, temporary: bool = False) -> None:
         self.open("")
@@ -143,37 +153,37 @@ class ChatController(QObject):
             self.new_chat_instructions = instructions
 
     def change_conversation(self, conversation_id: str, **changes: Any) -> None:
-        self._change.emit(conversation_id, changes)
+        self.change_requested.emit(conversation_id, changes)
 
     def delete_conversation(self, conversation_id: str, *, forget_its_memories: bool) -> None:
         if conversation_id == self.current:
             self.open("")
-        self._delete.emit(conversation_id, forget_its_memories)
+        self.delete_requested.emit(conversation_id, forget_its_memories)
 
     def search(self, query: str) -> None:
-        self._search.emit(query)
+        self.search_requested.emit(query)
 
     def memory_action(self, action: str, memory_id: str) -> None:
-        self._memory_action.emit(action, memory_id)
+        self.memory_action_requested.emit(action, memory_id)
 
     def edit_memory(self, memory_id: str, text: str) -> None:
-        self._memory_edit.emit(memory_id, text)
+        self.memory_edit_requested.emit(memory_id, text)
 
     def add_memory(self, text: str, kind: str = "fact") -> None:
-        self._memory_add.emit(text, kind)
+        self.memory_add_requested.emit(text, kind)
 
     def list_models(self) -> None:
-        self._list_models.emit()
+        self.models_list_requested.emit()
 
     def use_model(self, path: str) -> None:
-        self._use_model.emit(path)
+        self.model_chosen.emit(path)
 
     def use_model_in_chat(self, path: str) -> None:
         if self.current:
-            self._use_model_in_chat.emit(self.current, path)
+            self.chat_model_chosen.emit(self.current, path)
 
     def apply_settings(self, settings: Settings) -> None:
-        self._apply_settings.emit(settings)
+        self.settings_applied.emit(settings)
 
     @property
     def settled(self) -> bool:
@@ -192,21 +202,21 @@ class ChatController(QObject):
     # --- from the worker ----------------------------------------------------------------------------------
 
     @Slot(str)
-    def _on_started(self, conversation_id: str) -> None:
+    def on_worker_conversation_started(self, conversation_id: str) -> None:
         if self.current == "":
             self.current = conversation_id
 
     @Slot(object)
-    def _on_ready(self, _: object) -> None:
+    def on_worker_model_loaded(self, _: object) -> None:
         self.ready = True
 
     @Slot(bool)
-    def _on_busy(self, busy: bool) -> None:
+    def on_worker_busy_changed(self, busy: bool) -> None:
         self.busy = busy
-        self.busyChanged.emit(busy)
+        self.busy_changed.emit(busy)
 
     @Slot(object)
-    def _on_loaded(self, view: ConversationView) -> None:
+    def on_worker_conversation_loaded(self, view: ConversationView) -> None:
         if self._just_written is not None and self._just_written[0] == view.id:
             self._just_written = None
         if view.id != self.current:
@@ -221,10 +231,10 @@ class ChatController(QObject):
             assert self._streaming is not None
             self.view.begin_reply(self._streaming[1])
             self.view.update_reply(self._text)
-        self.currentChanged.emit(view)
+        self.current_changed.emit(view)
 
     @Slot(str, object)
-    def _on_event(self, conversation_id: str, event: object) -> None:
+    def on_worker_turn_advanced(self, conversation_id: str, event: object) -> None:
         shown = conversation_id == self.current
         if isinstance(event, Started):
             self._streaming = (conversation_id, event.reply_message_id)
@@ -244,9 +254,9 @@ class ChatController(QObject):
             if self._streaming is not None:
                 self.view.why[self._streaming[1]] = event.items
         elif isinstance(event, MemoryUpdated):
-            self.memoryUpdated.emit(event)
+            self.memory_updated.emit(event)
         elif isinstance(event, Usage):
-            self.usage.emit(event)
+            self.usage_reported.emit(event)
         elif isinstance(event, Done | Failed):
             self._paint()
             self._repaint.stop()
@@ -255,7 +265,11 @@ class ChatController(QObject):
             self._just_written = (conversation_id, self._text)
             self._streaming = None
             if isinstance(event, Failed):
-                self.failed.emit(event.error)
+                self.reply_failed.emit(event.error)
+
+    @Slot()
+    def on_repaint_timeout(self) -> None:
+        self._paint()
 
     def _paint(self) -> None:
         if self._dirty and self._streaming is not None and self._streaming[0] == self.current:

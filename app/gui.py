@@ -15,10 +15,7 @@ from PySide6.QtWidgets import QApplication, QMessageBox
 from app.main_window import MainWindow
 from app.second_launch import SecondLaunches, bring_open_cleo_forward
 from app.worker import EngineWorker
-from engine.errors import KnownError
-from engine.logs import setup_logging
-from engine.profile_lock import default_database_path
-from engine.settings import load_settings
+from engine import KnownError, default_database_path, load_settings, setup_logging
 
 log = logging.getLogger(__name__)
 

@@ -20,46 +20,47 @@ from PySide6.QtWidgets import (
 )
 
 from app.widgets import button
-from app.worker import MemoryState
 
 if TYPE_CHECKING:
-    from engine.memory import MemoryRecord
+    from engine import Memory, MemoryState
 
 _ID = Qt.ItemDataRole.UserRole
 
 
 class MemoryPanel(QWidget):
-    actionRequested = Signal(str, str)  # "approve" / "reject" / "forget" / "pin" / "unpin", memory id
-    editRequested = Signal(str, str)  # memory id, new text
-    addRequested = Signal(str)  # text
-    sourceRequested = Signal(str, str)  # conversation id, message id
+    action_requested = Signal(str, str)  # "approve" / "reject" / "forget" / "pin" / "unpin", memory id
+    edit_requested = Signal(str, str)  # memory id, new text
+    add_requested = Signal(str)  # text
+    source_requested = Signal(str, str)  # conversation id, message id
 
     def __init__(self, parent: QWidget | None = None) -> None:
         super().__init__(parent)
         self.setAccessibleName(self.tr("Memory"))
-        self._records: dict[str, MemoryRecord] = {}
+        self._records: dict[str, Memory] = {}
         self.tabs = QTabWidget(self)
         self.remembered = QTreeWidget()
         self.remembered.setHeaderLabels([self.tr("Kind"), self.tr("What Cleo remembers"), self.tr("Since")])
         self.remembered.setRootIsDecorated(False)
         self.remembered.setAccessibleName(self.tr("Remembered"))
         self.remembered.setAccessibleDescription(self.tr("Everything Cleo remembers about you; pinned first."))
-        self.remembered.itemDoubleClicked.connect(lambda *_: self._edit())
+        self.remembered.itemDoubleClicked.connect(self.on_remembered_item_double_clicked)
         self.inbox = QListWidget()
         self.inbox.setAccessibleName(self.tr("Inbox"))
         self.inbox.setAccessibleDescription(self.tr("Things Cleo proposes to remember; approve or reject each."))
 
-        self.add_button = button(self.tr("Add…"), self.tr("Tell Cleo something to remember"), self._add)
-        self.edit_button = button(self.tr("Edit…"), self.tr("Change the selected memory"), self._edit)
-        self.pin_button = button(self.tr("Pin"), self.tr("Always show the selected memory to Cleo"), self._pin)
+        self.add_button = button(self.tr("Add…"), self.tr("Tell Cleo something to remember"),
+                                 self.on_add_button_clicked)
+        self.edit_button = button(self.tr("Edit…"), self.tr("Change the selected memory"), self.on_edit_button_clicked)
+        self.pin_button = button(self.tr("Pin"), self.tr("Always show the selected memory to Cleo"),
+                                 self.on_pin_button_clicked)
         self.forget_button = button(self.tr("Forget"), self.tr("Delete the selected memory"),
-                                          lambda: self._act("forget"))
+                                    self.on_forget_button_clicked)
         self.source_button = button(self.tr("Go to source"), self.tr("Open the message it was learned from"),
-                                          self._source)
+                                    self.on_source_button_clicked)
         self.approve_button = button(self.tr("Approve"), self.tr("Remember the selected proposal"),
-                                           lambda: self._act_inbox("approve"))
+                                     self.on_approve_button_clicked)
         self.reject_button = button(self.tr("Reject"), self.tr("Discard the selected proposal"),
-                                          lambda: self._act_inbox("reject"))
+                                    self.on_reject_button_clicked)
 
         page = QWidget()
         layout = QVBoxLayout(page)
@@ -103,40 +104,49 @@ class MemoryPanel(QWidget):
         self.tabs.setTabText(1, self.tr("Inbox (%n)", "", count) if count else self.tr("Inbox"))
         self.inbox_note.setVisible(count == 0)
 
-    def selected(self) -> MemoryRecord | None:
+    def selected(self) -> Memory | None:
         item = self.remembered.currentItem()
         return self._records.get(item.data(0, _ID)) if item is not None else None
 
-    def _act(self, action: str) -> None:
+    def on_forget_button_clicked(self) -> None:
         memory = self.selected()
         if memory is not None:
-            self.actionRequested.emit(action, memory.id)
+            self.action_requested.emit("forget", memory.id)
 
-    def _act_inbox(self, action: str) -> None:
-        item = self.inbox.currentItem()
-        if item is not None:
-            self.actionRequested.emit(action, item.data(_ID))
+    def on_approve_button_clicked(self) -> None:
+        self._answer_proposal("approve")
 
-    def _pin(self) -> None:
+    def on_reject_button_clicked(self) -> None:
+        self._answer_proposal("reject")
+
+    def on_pin_button_clicked(self) -> None:
         memory = self.selected()
         if memory is not None:
-            self.actionRequested.emit("unpin" if memory.pinned else "pin", memory.id)
+            self.action_requested.emit("unpin" if memory.pinned else "pin", memory.id)
 
-    def _edit(self) -> None:
+    def on_edit_button_clicked(self) -> None:
         memory = self.selected()
         if memory is None:
             return
         text, ok = QInputDialog.getMultiLineText(self, self.tr("Edit memory"), self.tr("What Cleo remembers:"),
                                                  memory.content)
         if ok and text.strip() and text.strip() != memory.content:
-            self.editRequested.emit(memory.id, text.strip())
+            self.edit_requested.emit(memory.id, text.strip())
 
-    def _add(self) -> None:
+    def on_remembered_item_double_clicked(self, _item: QTreeWidgetItem, _column: int) -> None:
+        self.on_edit_button_clicked()  # a double click edits, as the Edit button does
+
+    def on_add_button_clicked(self) -> None:
         text, ok = QInputDialog.getMultiLineText(self, self.tr("Add a memory"), self.tr("What should Cleo remember?"))
         if ok and text.strip():
-            self.addRequested.emit(text.strip())
+            self.add_requested.emit(text.strip())
 
-    def _source(self) -> None:
+    def on_source_button_clicked(self) -> None:
         memory = self.selected()
         if memory is not None and memory.source_conversation_id and memory.source_message_id:
-            self.sourceRequested.emit(memory.source_conversation_id, memory.source_message_id)
+            self.source_requested.emit(memory.source_conversation_id, memory.source_message_id)
+
+    def _answer_proposal(self, action: str) -> None:
+        item = self.inbox.currentItem()
+        if item is not None:
+            self.action_requested.emit(action, item.data(_ID))

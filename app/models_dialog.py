@@ -2,7 +2,7 @@
 
 Downloads run on a thread of their own (the engine's thread may be busy writing a reply) and
 resume, report progress, can be cancelled, and are checked against the catalog's sha256 before
-the model is listed (`engine.downloads`).
+the model is listed (the engine's `download` does all of that).
 """
 
 from __future__ import annotations
@@ -10,6 +10,7 @@ from __future__ import annotations
 import threading
 import traceback
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from PySide6.QtCore import QObject, Qt, QThread, Signal, SignalInstance, Slot
 from PySide6.QtWidgets import (
@@ -26,12 +27,10 @@ from PySide6.QtWidgets import (
 )
 
 from app.widgets import button
-from app.worker import ModelList
-from engine.catalog import ModelInfo
-from engine.downloads import CatalogEntry, download, read_catalog
-from engine.errors import KnownError
-from engine.fit import available_memory, estimate_need
-from engine.paths import folders
+from engine import KnownError, available_memory, download, estimate_need, folders, read_catalog
+
+if TYPE_CHECKING:
+    from engine import CatalogEntry, ModelInfo, ModelList
 
 _PATH = Qt.ItemDataRole.UserRole
 
@@ -70,10 +69,10 @@ class DownloadWorker(QObject):
 
 
 class ModelsDialog(QDialog):
-    useRequested = Signal(str)  # model path: for every chat that has no model of its own
-    useInChatRequested = Signal(str)  # model path: for the open chat only
-    foldersChanged = Signal(object)  # tuple of folders/files to list models from
-    _fetch = Signal(object, str)
+    use_requested = Signal(str)  # model path: for every chat that has no model of its own
+    use_in_chat_requested = Signal(str)  # model path: for the open chat only
+    folders_changed = Signal(object)  # tuple of folders/files to list models from
+    _download_requested = Signal(object, str)  # catalog entry, folder: to the download thread
 
     def __init__(self, context_size: int, extra: tuple[str, ...], parent: QWidget | None = None, *,
                  catalog: list[CatalogEntry] | None = None) -> None:
@@ -92,14 +91,15 @@ class ModelsDialog(QDialog):
         self.table.setAccessibleName(self.tr("Local models"))
         self.message = QLabel()
         self.message.setWordWrap(True)
-        add_file = button(self.tr("Add file…"), self.tr("List a GGUF file kept anywhere"), self._add_file)
+        add_file = button(self.tr("Add file…"), self.tr("List a GGUF file kept anywhere"),
+                          self.on_add_file_button_clicked)
         add_folder = button(self.tr("Add folder…"), self.tr("List every GGUF in a folder, e.g. LM Studio's "
-                                                                   "or GPT4All's"), self._add_folder)
+                                                            "or GPT4All's"), self.on_add_folder_button_clicked)
         self.use_button = button(self.tr("Use by default"), self.tr("Chat with the selected model from now on"),
-                                       lambda: self._use(self.useRequested))
+                                 self.on_use_button_clicked)
         self.use_in_chat_button = button(self.tr("Use in this chat"),
-                                               self.tr("Only the open chat uses the selected model"),
-                                               lambda: self._use(self.useInChatRequested))
+                                         self.tr("Only the open chat uses the selected model"),
+                                         self.on_use_in_chat_button_clicked)
         page = QWidget()
         layout = QVBoxLayout(page)
         layout.addWidget(self.message)
@@ -129,9 +129,10 @@ class ModelsDialog(QDialog):
             bar.setValue(0)
             self.downloads.setCellWidget(i, 3, bar)
             self.progress[entry.file_name] = bar
-        self.download_button = button(self.tr("Download"), self.tr("Download the selected model"), self._download)
+        self.download_button = button(self.tr("Download"), self.tr("Download the selected model"),
+                                      self.on_download_button_clicked)
         self.cancel_button = button(self.tr("Cancel"), self.tr("Stop the download; it resumes later"),
-                                          self._cancel)
+                                    self.on_cancel_button_clicked)
         page = QWidget()
         layout = QVBoxLayout(page)
         self.download_note = QLabel(catalog_note)
@@ -150,14 +151,12 @@ class ModelsDialog(QDialog):
         self._thread = QThread(self)
         self.fetcher = DownloadWorker()
         self.fetcher.moveToThread(self._thread)
-        self._fetch.connect(self.fetcher.fetch)
-        self.fetcher.progressed.connect(self._on_progress)
-        self.fetcher.finished.connect(self._on_finished)
-        self.fetcher.failed.connect(self._on_failed)
+        self._download_requested.connect(self.fetcher.fetch)
+        self.fetcher.progressed.connect(self.on_fetcher_progressed)
+        self.fetcher.finished.connect(self.on_fetcher_finished)
+        self.fetcher.failed.connect(self.on_fetcher_failed)
         self._thread.start()
-        # Closing the manager cancels a download (it resumes later); the thread lives as long as
-        # the dialog, which the window keeps and shows again.
-        self.finished.connect(lambda _: self.fetcher.cancelled.set())
+        self.finished.connect(self.on_finished)
 
     def show_models(self, listed: ModelList) -> None:
         self.models = list(listed.models)
@@ -181,45 +180,56 @@ class ModelsDialog(QDialog):
         self._thread.quit()
         self._thread.wait(5000)
 
+    def on_finished(self, _result: int) -> None:
+        # Closing the manager cancels a download (it resumes later); the thread lives as long as
+        # the dialog, which the window keeps and shows again.
+        self.fetcher.cancelled.set()
+
+    def on_use_button_clicked(self) -> None:
+        self._use(self.use_requested)
+
+    def on_use_in_chat_button_clicked(self) -> None:
+        self._use(self.use_in_chat_requested)
+
     def _use(self, signal: SignalInstance) -> None:
         row = self.table.currentRow()
         if 0 <= row < len(self.models):
             signal.emit(str(self.models[row].path))
 
-    def _add_file(self) -> None:
+    def on_add_file_button_clicked(self) -> None:
         path, _ = QFileDialog.getOpenFileName(self, self.tr("Add a model file"), str(Path.home()),
                                               self.tr("GGUF models (*.gguf)"))
         if path:
             self.add_places(path)
 
-    def _add_folder(self) -> None:
+    def on_add_folder_button_clicked(self) -> None:
         path = QFileDialog.getExistingDirectory(self, self.tr("Add a folder of models"), str(Path.home()))
         if path:
             self.add_places(path)
 
     def add_places(self, *paths: str) -> None:
         self.extra = tuple(dict.fromkeys((*self.extra, *paths)))
-        self.foldersChanged.emit(self.extra)
+        self.folders_changed.emit(self.extra)
 
-    def _download(self) -> None:
+    def on_download_button_clicked(self) -> None:
         row = self.downloads.currentRow()
         if 0 <= row < len(self.catalog):
             self.download_note.setText(self.tr("Downloading %1…").replace("%1", self.catalog[row].name))
-            self._fetch.emit(self.catalog[row], str(folders().models))
+            self._download_requested.emit(self.catalog[row], str(folders().models))
 
-    def _cancel(self) -> None:
+    def on_cancel_button_clicked(self) -> None:
         self.fetcher.cancelled.set()
 
     @Slot(str, int, int)
-    def _on_progress(self, name: str, done: int, total: int) -> None:
+    def on_fetcher_progressed(self, name: str, done: int, total: int) -> None:
         if name in self.progress and total:
             self.progress[name].setValue(int(1000 * done / total))
 
     @Slot(str, str)
-    def _on_finished(self, name: str, path: str) -> None:
+    def on_fetcher_finished(self, name: str, path: str) -> None:
         self.download_note.setText(self.tr("Downloaded and checked: %1").replace("%1", path))
-        self.foldersChanged.emit(self.extra)  # lists it
+        self.folders_changed.emit(self.extra)  # lists it
 
     @Slot(str, object)
-    def _on_failed(self, name: str, error: KnownError) -> None:
+    def on_fetcher_failed(self, name: str, error: KnownError) -> None:
         self.download_note.setText(error.user_text())

@@ -32,11 +32,10 @@ DEMO_CHAT = [
 
 def _demo_profile(home: Path, models: Path) -> None:
     os.environ["CLEO_HOME"] = str(home)
-    from engine.paths import folders
-    from engine.session import open_memories
+    from engine import folders, open_profile
 
     shutil.copytree(models, folders().models)
-    memories = open_memories()
+    memories = open_profile()
     try:
         store, book = memories.store, memories.book
         for title in ("Birthday gift ideas for Ana", "Fixing the bike's gears"):
@@ -72,7 +71,7 @@ def main(argv: list[str]) -> int:
     out.mkdir(parents=True, exist_ok=True)
     if not (os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY")):
         os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
-    from engine.paths import folders
+    from engine import folders
 
     models = folders().models
     if not any(models.glob("*.gguf")):
@@ -83,7 +82,7 @@ def main(argv: list[str]) -> int:
         from app.main_window import MainWindow
         from app.settings_dialog import SettingsDialog
         from app.worker import EngineWorker
-        from engine.settings import Settings
+        from engine import Settings
 
         app = QApplication.instance() or QApplication([])
         assert isinstance(app, QApplication)
@@ -94,18 +93,18 @@ def main(argv: list[str]) -> int:
         window.show()
         window.start()
         deadline = time.monotonic() + 120
-        while not window.conversations and time.monotonic() < deadline:
+        while not window.sidebar.conversations and time.monotonic() < deadline:
             QCoreApplication.processEvents()
             time.sleep(0.01)
-        lisbon = next(c.id for c in window.conversations if c.title == "Weekend in Lisbon")
+        lisbon = next(c.id for c in window.sidebar.conversations if c.title == "Weekend in Lisbon")
         window.controller.open(lisbon)
         while (window.chat.view is None or window.chat.view.id != lisbon) and time.monotonic() < deadline:
             QCoreApplication.processEvents()
             time.sleep(0.01)
         _save(window, out / "main-light.png")
-        window._on_settings(settings.updated(theme="dark"))
+        window.theme.apply(settings.updated(theme="dark"))
         _save(window, out / "main-dark.png")
-        window._on_settings(settings)
+        window.theme.apply(settings)
         window.memory_dock.show()
         _save(window, out / "memory.png")
         window.memory_dock.hide()

@@ -20,7 +20,7 @@ from pathlib import Path
 
 from PySide6.QtCore import QFileSystemWatcher, QObject, QTimer
 
-from engine.profile_lock import in_use
+from engine import in_use
 
 log = logging.getLogger(__name__)
 
@@ -96,12 +96,18 @@ class SecondLaunches(QObject):
             with contextlib.suppress(OSError):
                 path.unlink()
         if self._watcher.addPath(str(self._folder)):
-            self._watcher.directoryChanged.connect(self._take_requests)
+            self._watcher.directoryChanged.connect(self.on_watcher_directory_changed)
         else:  # out of inotify watches, say: look twice a second instead
             log.warning("cannot watch %s; checking it twice a second instead", self._folder)
             self._poll = QTimer(self)
-            self._poll.timeout.connect(self._take_requests)
+            self._poll.timeout.connect(self.on_poll_timeout)
             self._poll.start(500)
+
+    def on_watcher_directory_changed(self, _folder: str) -> None:
+        self._take_requests()
+
+    def on_poll_timeout(self) -> None:
+        self._take_requests()
 
     def _requests(self) -> list[Path]:
         try:

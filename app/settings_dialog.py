@@ -1,4 +1,4 @@
-"""The settings dialog, generated from `engine.settings.Settings` (DESIGN.md decision 9).
+"""The settings dialog, generated from the engine's `Settings` model, so a new setting needs no GUI code.
 
 Each field becomes the widget its type asks for, labelled with its description; limits come from
 the model's own constraints, and the model validates the result. A value it refuses is named
@@ -33,7 +33,7 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from engine.settings import Persona, Settings
+from engine import Persona, Settings
 
 # Chosen elsewhere in the window (the model manager), not typed in here.
 _ELSEWHERE = {"chat_model", "model_folders"}
@@ -182,9 +182,9 @@ class PersonasEditor(QWidget):
         self._changed = changed
         self.table.itemChanged.connect(lambda _: changed())
         add = QPushButton(self.tr("Add persona"))
-        add.clicked.connect(self._add)
+        add.clicked.connect(self.on_add_button_clicked)
         remove = QPushButton(self.tr("Remove persona"))
-        remove.clicked.connect(self._remove)
+        remove.clicked.connect(self.on_remove_button_clicked)
         buttons = QHBoxLayout()
         buttons.addWidget(add)
         buttons.addWidget(remove)
@@ -201,11 +201,11 @@ class PersonasEditor(QWidget):
                          "instructions": instructions.text() if instructions else ""})
         return rows
 
-    def _add(self) -> None:
+    def on_add_button_clicked(self) -> None:
         self._add_row(self.tr("New persona"), self.tr("You are Cleo, …"))
         self._changed()
 
-    def _remove(self) -> None:
+    def on_remove_button_clicked(self) -> None:
         self.table.removeRow(self.table.currentRow())
         self._changed()
 

@@ -21,7 +21,7 @@ FACT = "my favourite colour is teal"
 
 
 def run() -> int:
-    from engine.paths import BUNDLED_MODELS, default_chat_model, default_embedding_model, ensure, folders
+    from engine import BUNDLED_MODELS, default_chat_model, default_embedding_model, ensure, folders
 
     os.environ["QT_QPA_PLATFORM"] = "offscreen"
     # A frozen app uses the models it carries; a checkout lends the temporary profile its own.
@@ -50,9 +50,7 @@ def _run(home: Path) -> tuple[bool, dict[str, object]]:
     from app.gui import qt_messages_to_the_log
     from app.main_window import MainWindow
     from app.worker import EngineWorker
-    from engine.events import MemoryUpdated, Recalled
-    from engine.logs import setup_logging
-    from engine.settings import Settings
+    from engine import MemoryUpdated, Recalled, Settings, setup_logging
 
     setup_logging()
     app_started = qt_messages_to_the_log()
@@ -62,11 +60,11 @@ def _run(home: Path) -> tuple[bool, dict[str, object]]:
     window = MainWindow(settings, EngineWorker(settings))
     window.show_error = lambda error: None  # type: ignore[method-assign]  # no one is there to close a dialog
     events: list[object] = []
-    window.worker.turnEvent.connect(lambda _, event: events.append(event))
+    window.worker.turn_advanced.connect(lambda _, event: events.append(event))
     errors: list[str] = []
-    window.worker.knownError.connect(lambda error: errors.append(error.user_text()))
-    window.worker.startFailed.connect(lambda error: errors.append(error.user_text()))
-    window.worker.bug.connect(errors.append)
+    window.worker.request_failed.connect(lambda error: errors.append(error.user_text()))
+    window.worker.start_failed.connect(lambda error: errors.append(error.user_text()))
+    window.worker.bug_reported.connect(errors.append)
     window.show()
     start = time.monotonic()
     window.start()

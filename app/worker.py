@@ -1,482 +1,314 @@
-"""The engine's own thread: it owns every engine object, the window only sends it requests.
+"""The engine's own thread: a thin Qt adapter over the engine's `Session`.
 
-`EngineWorker` lives in a `QThread`. The controller calls its slots through queued signals and
-hears back through its signals (DESIGN.md: data flows one way). A reply is pulled from the
-engine one event at a time from the thread's event loop, so requests that arrive meanwhile
-(open another chat, search, edit a memory) are served between two tokens instead of waiting for
-the reply to end. `stop_reply()` is the one method called directly from the GUI thread: a
-queued stop would wait behind the reply it is meant to stop.
+`EngineWorker` lives in a `QThread` and owns the Session (which owns the model: one thread). The
+controller calls its slots through queued signals; each slot asks the Session and emits what it
+returns, the rules stay in the Session. Replies are written a slice at a time from the thread's
+event loop, so requests that arrive meanwhile (open another chat, search, edit a memory) are
+served between two tokens. `stop_reply()` is the one method called directly from the GUI
+thread: a queued stop would wait behind the reply it is meant to stop.
 
-All slots are defined here and nowhere else (FACTS.md: a slot overridden in a subclass runs in
-the emitting thread).
+All slots are defined here and nowhere else (a slot overridden in a subclass runs in the emitting
+thread, even through a queued connection).
 """
 
 from __future__ import annotations
 
 import logging
-import time
 import traceback
 from collections.abc import Callable
-from dataclasses import dataclass, field
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from PySide6.QtCore import QObject, QTimer, Signal, Slot
 
-from engine.errors import KnownError, ModelMissing
+from engine import Busy, KnownError, NotReady, Refresh
 
 if TYPE_CHECKING:  # the engine's runtime is imported on the worker's thread, after the window shows
-    from engine.assistant import Turn
-    from engine.catalog import ModelInfo, Unusable
-    from engine.conversations import Message
-    from engine.events import RecalledItem
-    from engine.memory import MemoryRecord
-    from engine.session import Cleo
-    from engine.settings import Settings
-    from engine.store import ConversationSummary
+    from engine import ModelState, Session, Settings, TurnTicket
 
 log = logging.getLogger(__name__)
 
-_LEARN_WHEN_IDLE_MS = 15_000  # learning runs the model for seconds: only once the user has paused
 _PUMP_SECONDS = 0.02  # events passed on per turn of the event loop, at most this long
-
-
-@dataclass(frozen=True)
-class ModelState:
-    """What the status line shows about the loaded model."""
-
-    name: str
-    path: str
-    device: str  # "CPU", or where on the GPU
-    context_size: int
-
-
-@dataclass(frozen=True)
-class ConversationView:
-    """One conversation as the chat view shows it: the current branch, oldest first."""
-
-    id: str
-    title: str
-    messages: tuple[Message, ...]
-    alternatives: dict[str, tuple[int, int]] = field(default_factory=dict)  # message id -> (1-based index, count)
-    instructions: str | None = None  # its own system prompt; None follows the settings
-    model: str = ""  # its own model file; "" follows the settings
-    temporary: bool = False
-    memory_enabled: bool = True
-    why: dict[str, tuple[RecalledItem, ...]] = field(default_factory=dict)  # reply id -> what memory added
-
-
-@dataclass(frozen=True)
-class MemoryState:
-    remembered: tuple[MemoryRecord, ...]
-    inbox: tuple[MemoryRecord, ...]
-
-
-@dataclass(frozen=True)
-class ModelList:
-    models: tuple[ModelInfo, ...]
-    unusable: tuple[Unusable, ...]
+FRONTEND = "window"
 
 
 class EngineWorker(QObject):
-    ready = Signal(object)  # ModelState
-    startFailed = Signal(object)  # KnownError: Cleo cannot chat until the user fixes it
-    conversationsChanged = Signal(object)  # list[ConversationSummary]
-    conversationLoaded = Signal(object)  # ConversationView
-    conversationStarted = Signal(str)  # a new chat got its id: the one being written in the window
-    turnEvent = Signal(str, object)  # conversation id, an engine event
-    busyChanged = Signal(bool)  # a reply is being generated
-    searchFinished = Signal(str, object)  # query, list[SearchHit]
-    memoriesChanged = Signal(object)  # MemoryState
-    modelsListed = Signal(object)  # ModelList
-    settingsChanged = Signal(object)  # Settings
-    knownError = Signal(object)  # KnownError: shown to the user
-    bug = Signal(str)  # a traceback: logged, reported, and Cleo keeps running
+    model_loaded = Signal(object)  # ModelState
+    start_failed = Signal(object)  # KnownError: Cleo cannot chat until the user fixes it
+    conversations_changed = Signal(object)  # tuple[ConversationSummary, ...]
+    conversation_loaded = Signal(object)  # ConversationView
+    conversation_started = Signal(str)  # a new chat got its id: the one being written in the window
+    turn_advanced = Signal(str, object)  # conversation id, an engine event
+    busy_changed = Signal(bool)  # a reply is being written (or waiting for the model)
+    search_finished = Signal(str, object)  # query, list[SearchHit]
+    memories_changed = Signal(object)  # MemoryState
+    models_listed = Signal(object)  # ModelList
+    settings_changed = Signal(object)  # Settings
+    request_failed = Signal(object)  # KnownError: shown to the user
+    bug_reported = Signal(str)  # a traceback: logged, reported, and Cleo keeps running
+    _work_arrived = Signal()  # another frontend queued a turn, from its own thread
 
-    def __init__(self, settings: Settings, *, opener: Callable[[Settings], Cleo] | None = None) -> None:
+    def __init__(self, settings: Settings, *, opener: Callable[[Settings], Session] | None = None) -> None:
         super().__init__()
         self.settings = settings
         self._opener = opener
-        self.cleo: Cleo | None = None
-        self._turn: tuple[str, Turn] | None = None
-        self._open_conversation: str | None = None
+        self.session: Session | None = None
+        self._tickets: list[TurnTicket] = []  # the window's turns, waiting or being written
+        self._model: ModelState | None = None  # as last shown
         self._learn_timer: QTimer | None = None
+        self._pumping = False
+        self._work_arrived.connect(self._wake)  # queued when emitted from another thread
 
     # --- called from the GUI thread ----------------------------------------------------------------
 
     def stop_reply(self) -> None:
-        """Stop the reply being generated, within one token; safe from any thread."""
-        if self.cleo is not None:
-            self.cleo.assistant.stop()
+        """Stop the window's reply being written (or waiting), within one token; safe from any thread."""
+        for ticket in list(self._tickets):
+            ticket.stop()
 
     # --- slots: run on the worker's thread -----------------------------------------------------------
 
     @Slot()
-    def start(self) -> None:
+    def on_thread_started(self) -> None:
         self._learn_timer = QTimer(self)
         self._learn_timer.setSingleShot(True)
         self._learn_timer.timeout.connect(self._learn)
         self._open()
 
+    @Slot(str, str, bool, str)
+    def on_controller_send_requested(self, conversation_id: str, text: str, temporary: bool, instructions: str) -> None:
+        """Send `text`; with no `conversation_id`, in a new chat that follows `instructions` ("" for the default)."""
+        self._turn(lambda s: s.send(conversation_id, text, frontend=FRONTEND, temporary=temporary,
+                                    instructions=instructions, show=True), new_chat=not conversation_id)
+
+    @Slot(str, str)
+    def on_controller_regenerate_requested(self, conversation_id: str, reply_id: str) -> None:
+        self._turn(lambda s: s.regenerate(conversation_id, reply_id, frontend=FRONTEND))
+
+    @Slot(str, str, str)
+    def on_controller_edit_requested(self, conversation_id: str, message_id: str, text: str) -> None:
+        self._turn(lambda s: s.edit(conversation_id, message_id, text, frontend=FRONTEND))
+
+    @Slot(str)
+    def on_controller_open_requested(self, conversation_id: str) -> None:
+        self._do(lambda s: s.open_chat(conversation_id))
+        self._learn_later()  # the chat left may have a summary to write
+
+    @Slot(str, int)
+    def on_controller_alternative_requested(self, message_id: str, index: int) -> None:
+        self._do(lambda s: s.show_alternative(message_id, index), idle=True)
+
+    @Slot(str, object)
+    def on_controller_change_requested(self, conversation_id: str, changes: dict[str, Any]) -> None:
+        """Rename, pin, archive, memory on/off, instructions: `changes` as `Session.change_chat` takes them."""
+        self._do(lambda s: s.change_chat(conversation_id, **changes))
+
+    @Slot(str, bool)
+    def on_controller_delete_requested(self, conversation_id: str, forget_what_was_learned: bool) -> None:
+        self._do(lambda s: s.delete_chat(conversation_id, forget_what_was_learned=forget_what_was_learned))
+
+    @Slot(str)
+    def on_controller_search_requested(self, query: str) -> None:
+        self._do(lambda s: self.search_finished.emit(query, s.search(query)))
+
+    @Slot(str, str)
+    def on_controller_memory_action_requested(self, action: str, memory_id: str) -> None:
+        """`action`: one of the Session's MEMORY_ACTIONS."""
+        self._do(lambda s: s.change_memory(action, memory_id))
+
+    @Slot(str, str)
+    def on_controller_memory_edit_requested(self, memory_id: str, text: str) -> None:
+        self._do(lambda s: s.edit_memory(memory_id, text))
+
+    @Slot(str, str)
+    def on_controller_memory_add_requested(self, text: str, kind: str) -> None:
+        self._do(lambda s: s.add_memory(text, kind))
+
+    @Slot()
+    def on_controller_models_list_requested(self) -> None:
+        from engine import list_models
+
+        self._do(lambda _: self.models_listed.emit(list_models(self.settings)), needs_session=False)
+
+    @Slot(str)
+    def on_controller_model_chosen(self, path: str) -> None:
+        """Chat with the model at `path` by default; also how Cleo starts after its model failed to load."""
+        self._do(lambda s: s.use_model(path) if s else self._open_with(path), needs_session=False, idle=True)
+
+    @Slot(str, str)
+    def on_controller_chat_model_chosen(self, conversation_id: str, path: str) -> None:
+        """This chat uses the model at `path` from now on; the others keep the settings' model."""
+        self._do(lambda s: s.use_model_in_chat(conversation_id, path), idle=True)
+
+    @Slot(object)
+    def on_controller_settings_applied(self, settings: Settings) -> None:
+        from engine import keep_settings
+
+        self._do(lambda s: s.apply_settings(settings) if s else keep_settings(settings), needs_session=False, idle=True)
+
+    @Slot()
+    def on_controller_shutdown_requested(self) -> None:
+        """The window is closing: the Session leaves the open chat (a temporary one is deleted) and closes;
+        then the thread ends. Ending it here, not from the GUI thread, means nothing queued before this
+        request can make the thread end without closing the Session."""
+        self._close_session()
+        self.thread().quit()
+
+    # --- opening --------------------------------------------------------------------------------------
+
     def _open(self) -> None:
         # Importing the engine (llama.cpp, numpy, SQLite) takes ~0.3 s: here, not before the first paint.
-        from engine.session import open_cleo
+        from engine import open_session
 
         try:
-            self.cleo = (self._opener or open_cleo)(self.settings)
+            self.session = (self._opener or open_session)(self.settings)
         except KnownError as exc:
-            self.startFailed.emit(exc)
+            self.start_failed.emit(exc)
             return
         except Exception:
             self._report_bug()
             return
-        self.ready.emit(self._model_state())
-        self._list_conversations()
-        self._list_memories()
-        if self.cleo.assistant.learning_pending:  # what the last session did not get to
-            self._learn_when_idle()
+        session = self.session
+        session.turns.on_submitted = self._work_arrived.emit
+        self._show(Refresh(conversations=session.conversations(), memories=session.memory_state()))
+        self._learn_later()  # what the last session did not get to
 
-    @Slot(str, str, bool, str)
-    def send(self, conversation_id: str, text: str, temporary: bool, instructions: str) -> None:
-        """Send `text`; with no `conversation_id`, in a new chat that follows `instructions` ("" for the default)."""
-        def start(cleo: Cleo) -> None:
-            cid = conversation_id
-            if not cid:
-                cid = cleo.memories.store.create_conversation(system_prompt=instructions or None,
-                                                              temporary=temporary).id
-                self.conversationStarted.emit(cid)
-            self._open_conversation = cid
-            self._switch_model_for(cleo, cid)
-            self._run(cid, cleo.assistant.turn(cid, text))
-        self._guarded(start, needs_idle=True)
+    def _open_with(self, path: str) -> Refresh:
+        from engine import choose_model
 
-    @Slot(str, str)
-    def regenerate(self, conversation_id: str, reply_id: str) -> None:
-        def start(cleo: Cleo) -> None:
-            self._switch_model_for(cleo, conversation_id)
-            self._run(conversation_id, cleo.assistant.regenerate(conversation_id, reply_id))
-        self._guarded(start, needs_idle=True)
+        self.settings = choose_model(self.settings, path)
+        self.settings_changed.emit(self.settings)
+        self._open()
+        return Refresh()
 
-    @Slot(str, str, str)
-    def edit(self, conversation_id: str, message_id: str, text: str) -> None:
-        def start(cleo: Cleo) -> None:
-            self._switch_model_for(cleo, conversation_id)
-            self._run(conversation_id, cleo.assistant.edit(conversation_id, message_id, text))
-        self._guarded(start, needs_idle=True)
+    # --- replies --------------------------------------------------------------------------------------
 
-    @Slot(str)
-    def openConversation(self, conversation_id: str) -> None:
-        def open_it(cleo: Cleo) -> None:
-            previous = self._open_conversation
-            if previous and previous != conversation_id and not self._streaming(previous):
-                self._leave(cleo, previous)
-            self._open_conversation = conversation_id or None
-            if conversation_id:
-                self.conversationLoaded.emit(self._view(cleo, conversation_id))
-        self._guarded(open_it)
+    def _turn(self, submit: Callable[[Session], TurnTicket], *, new_chat: bool = False) -> None:
+        def start(session: Session) -> None:
+            ticket = submit(session)
+            if new_chat:
+                self.conversation_started.emit(ticket.conversation_id)
+            self._tickets.append(ticket)
+            if len(self._tickets) == 1:
+                self.busy_changed.emit(True)
+            self._wake()
+        self._do(start, idle=True)
 
-    @Slot(str, int)
-    def showAlternative(self, message_id: str, index: int) -> None:
-        """Show the `index`-th alternative (from 0) of the message `message_id` and the branch under it."""
-        def show(cleo: Cleo) -> None:
-            store = cleo.memories.store
-            message = store.alternatives(message_id)[index]
-            store.set_current_leaf(message.conversation_id, store.latest_leaf(message.id))
-            self.conversationLoaded.emit(self._view(cleo, message.conversation_id))
-        self._guarded(show, needs_idle=True)
+    def _wake(self) -> None:
+        if self._learn_timer is not None:
+            self._learn_timer.stop()
+        if not self._pumping:
+            self._pumping = True
+            QTimer.singleShot(0, self._pump)
 
-    @Slot(str, object)
-    def changeConversation(self, conversation_id: str, changes: dict[str, Any]) -> None:
-        """Rename, pin, archive, memory on/off: `changes` as `update_conversation` takes them."""
-        def change(cleo: Cleo) -> None:
-            cleo.memories.store.update_conversation(conversation_id, **changes)
-            self._list_conversations()
-        self._guarded(change)
+    def _pump(self) -> None:
+        session = self.session
+        if session is None:
+            self._pumping = False
+            return
+        try:
+            step = session.step(_PUMP_SECONDS)
+            events, ended = step.events, step.ended
+        except Exception:  # a bug in a turn: it has ended, and the next one may run
+            self._report_bug()
+            events, ended = (), tuple(t for t in self._tickets if t.ended.is_set())
+        for ticket, event in events:
+            if ticket in self._tickets:
+                self.turn_advanced.emit(ticket.conversation_id, event)
+        self._show_model(session)
+        for ticket in ended:
+            self._end_turn(session, ticket)
+        if session.turns.busy():
+            QTimer.singleShot(0, self._pump)
+        else:
+            self._pumping = False
+            self._learn_later()
 
-    @Slot(str, bool)
-    def deleteConversation(self, conversation_id: str, forget_its_memories: bool) -> None:
-        def delete(cleo: Cleo) -> None:
-            if self._streaming(conversation_id):
-                raise ConversationBusy("Cleo is still replying in this chat.", hint="Stop the reply, then delete it.")
-            if forget_its_memories:
-                for memory in cleo.memories.book.derived_from(conversation_id):
-                    cleo.memories.book.forget(memory.id, reason="its conversation was deleted")
-            cleo.memories.store.delete_conversation(conversation_id)
-            if self._open_conversation == conversation_id:
-                self._open_conversation = None
-            else:  # the open chat's "Why this answer" may have quoted the deleted chat
-                self._show_open_again(cleo)
-            self._list_conversations()
-            self._list_memories()
-        self._guarded(delete)
+    def _end_turn(self, session: Session, ticket: TurnTicket) -> None:
+        if ticket not in self._tickets:
+            return
+        self._tickets.remove(ticket)
+        if not self._tickets:
+            self.busy_changed.emit(False)
+        self.conversations_changed.emit(session.conversations())
+        if session.open_conversation == ticket.conversation_id:
+            self.conversation_loaded.emit(session.view(ticket.conversation_id))
 
-    @Slot(str)
-    def search(self, query: str) -> None:
-        self._guarded(lambda cleo: self.searchFinished.emit(query, cleo.memories.store.search(query, limit=30)))
+    # --- learning -------------------------------------------------------------------------------------
 
-    # memories
-
-    @Slot(str, str)
-    def changeMemory(self, action: str, memory_id: str) -> None:
-        """`action`: "approve", "reject", "forget", "pin", "unpin"."""
-        def change(cleo: Cleo) -> None:
-            book = cleo.memories.book
-            if action == "approve":
-                book.approve(memory_id)
-            elif action == "reject":
-                book.reject(memory_id)
-            elif action == "forget":
-                book.forget(memory_id)
-                self._show_open_again(cleo)
-            elif action in ("pin", "unpin"):
-                book.pin(memory_id, action == "pin")
-            else:
-                raise ValueError(f"unknown memory action {action!r}")
-            self._list_memories()
-        self._guarded(change)
-
-    @Slot(str, str)
-    def editMemory(self, memory_id: str, text: str) -> None:
-        def edit(cleo: Cleo) -> None:
-            cleo.memories.book.edit(memory_id, text)
-            self._list_memories()
-        self._guarded(edit)
-
-    @Slot(str, str)
-    def addMemory(self, text: str, kind: str) -> None:
-        def add(cleo: Cleo) -> None:
-            cleo.memories.book.add(text, kind)
-            self._list_memories()
-        self._guarded(add)
-
-    # models and settings
-
-    @Slot()
-    def listModels(self) -> None:
-        def scan(cleo: Cleo | None) -> None:
-            from engine.catalog import ModelCatalog
-
-            models, unusable = ModelCatalog([Path(p) for p in self.settings.model_folders]).scan()
-            self.modelsListed.emit(ModelList(tuple(models), tuple(unusable)))
-        self._guarded(scan, needs_cleo=False)
-
-    @Slot(str)
-    def useModel(self, path: str) -> None:
-        """Chat with the model at `path` by default; also how Cleo starts after its model failed to load."""
-        def use(cleo: Cleo | None) -> None:
-            from engine.catalog import read_model_info
-
-            read_model_info(Path(path))  # a clear error before anything is unloaded
-            if cleo is None:
-                self._store_settings(self.settings.updated(chat_model=path))
-                self._open()
-                return
-            cleo.assistant.load_model(Path(path), settings=self.settings.updated(chat_model=path))
-            self._store_settings(cleo.assistant.settings)
-            self.ready.emit(self._model_state())
-        self._guarded(use, needs_cleo=False, needs_idle=True)
-
-    @Slot(str, str)
-    def useModelInChat(self, conversation_id: str, path: str) -> None:
-        """This chat uses the model at `path` from now on; the others keep the settings' model."""
-        def use(cleo: Cleo) -> None:
-            from engine.catalog import read_model_info
-
-            read_model_info(Path(path))  # a clear error before anything changes
-            cleo.memories.store.update_conversation(conversation_id, model=path)
-            self._switch_model_for(cleo, conversation_id)
-            self.conversationLoaded.emit(self._view(cleo, conversation_id))
-        self._guarded(use, needs_idle=True)
-
-    @Slot(object)
-    def applySettings(self, settings: Settings) -> None:
-        def apply(cleo: Cleo | None) -> None:
-            from engine.assistant import NoMemory
-
-            old = self.settings
-            self._store_settings(settings)
-            if cleo is None:
-                return
-            runtime = ("chat_model", "context_size", "threads", "gpu_layers", "kv_cache_budget_mb")
-            if any(getattr(old, name) != getattr(settings, name) for name in runtime):
-                path = Path(settings.chat_model) if settings.chat_model else cleo.assistant.model.path
-                cleo.assistant.load_model(path, settings=settings)
-                self.ready.emit(self._model_state())
-            else:
-                cleo.assistant.settings = settings
-            cleo.hooks.ask_before_remembering = settings.ask_before_remembering
-            cleo.assistant.memory = cleo.hooks if settings.memory_enabled else NoMemory()
-        self._guarded(apply, needs_cleo=False, needs_idle=True)
-
-    @Slot()
-    def shutdown(self) -> None:
-        """The window is closing: leave the open chat (a temporary one is deleted) and close everything."""
+    def _close_session(self) -> None:
         if self._learn_timer is not None:  # a timer must die on its own thread
             self._learn_timer.stop()
             self._learn_timer.setParent(None)
             self._learn_timer = None
-        if self._turn is not None:
-            self._turn[1].close()  # keeps the partial reply, as stopped
-            self._turn = None
-        if self.cleo is not None:
-            try:
-                if self._open_conversation:
-                    self._leave(self.cleo, self._open_conversation)
-            except Exception:
-                log.exception("leaving the open chat failed")
-            self.cleo.close()
-            self.cleo = None
+        self._tickets.clear()
+        session, self.session = self.session, None
+        if session is not None:
+            session.close()
 
-    # --- the reply pump ----------------------------------------------------------------------------------
-
-    def _run(self, conversation_id: str, turn: Turn) -> None:
-        if self._learn_timer is not None:
-            self._learn_timer.stop()
-        self._turn = (conversation_id, turn)
-        self.busyChanged.emit(True)
-        QTimer.singleShot(0, self._pump)
-
-    def _pump(self) -> None:
-        if self._turn is None:
-            return
-        conversation_id, turn = self._turn
-        deadline = time.monotonic() + _PUMP_SECONDS
-        try:
-            while time.monotonic() < deadline:
-                self.turnEvent.emit(conversation_id, next(turn))
-        except StopIteration:
-            self._end_turn(conversation_id)
-            return
-        except Exception:
-            self._turn = None
-            self.busyChanged.emit(False)
-            self._report_bug()
-            return
-        QTimer.singleShot(0, self._pump)
-
-    def _end_turn(self, conversation_id: str) -> None:
-        self._turn = None
-        self.busyChanged.emit(False)
-        if self.cleo is not None:
-            self._list_conversations()
-            if self._open_conversation == conversation_id:
-                self.conversationLoaded.emit(self._view(self.cleo, conversation_id))
-        self._learn_when_idle()
-
-    def _learn_when_idle(self) -> None:
-        if self._learn_timer is not None:
-            self._learn_timer.start(_LEARN_WHEN_IDLE_MS)
+    def _learn_later(self) -> None:
+        wait = self.session.learning_wait() if self.session is not None else None
+        if wait is not None and self._learn_timer is not None:
+            self._learn_timer.start(int(wait * 1000))
 
     def _learn(self) -> None:
-        """One model call's worth of learning per visit to the event loop, so a message the user
-        sends meanwhile is answered after at most one; what is left resumes once they are idle."""
-        if self.cleo is None or self._turn is not None:
+        """One model call's worth per visit to the event loop, so a message sent meanwhile waits for one."""
+        session = self.session
+        if session is None or session.turns.busy():
             return
         try:
-            updates = self.cleo.assistant.learn(at_most=1)
+            updates = session.learn_step()
         except KnownError as exc:
             log.warning("learning from the last turns failed: %s", exc.message)
             return
         except Exception:
             self._report_bug()
             return
+        for update in updates:
+            self.turn_advanced.emit(session.open_conversation or "", update)
         if updates:
-            for update in updates:
-                self.turnEvent.emit(self._open_conversation or "", update)
-            self._list_memories()
-        if self.cleo.assistant.learning_pending:
+            self.memories_changed.emit(session.memory_state())
+        if session.learning_pending:
             QTimer.singleShot(0, self._learn)
 
     # --- helpers ----------------------------------------------------------------------------------------
 
-    def _guarded(self, action: Callable[[Any], None], *, needs_cleo: bool = True, needs_idle: bool = False) -> None:
-        """Run `action(cleo)`: a known error goes to the user, a bug to the log and the report."""
+    def _do(self, request: Callable[[Any], Refresh | None], *, needs_session: bool = True, idle: bool = False) -> None:
+        """Run `request(session)` and show what it changed: a known error goes to the user, a bug to the
+        log and the report. `idle`: refused while the window's reply is being written."""
         try:
-            if needs_cleo and self.cleo is None:
+            if needs_session and self.session is None:
                 raise NotReady("Cleo has not finished starting.", hint="Wait a moment, or see the message shown "
                                                                       "when it started.")
-            if needs_idle and self._turn is not None:
-                raise ConversationBusy("Cleo is still writing a reply.", hint="Wait for it, or press Stop.")
-            action(self.cleo)
+            if idle and self._tickets:
+                raise Busy("Cleo is still writing a reply.", hint="Wait for it, or press Stop.")
+            refresh = request(self.session)
         except KnownError as exc:
-            self.knownError.emit(exc)
+            self.request_failed.emit(exc)
+            return
         except Exception:
             self._report_bug()
+            return
+        if isinstance(refresh, Refresh):
+            self._show(refresh)
+
+    def _show(self, refresh: Refresh) -> None:
+        if refresh.settings is not None:
+            self.settings = refresh.settings
+            self.settings_changed.emit(refresh.settings)
+        if self.session is not None:
+            self._show_model(self.session)
+        for value, signal in ((refresh.conversations, self.conversations_changed),
+                              (refresh.conversation, self.conversation_loaded),
+                              (refresh.memories, self.memories_changed)):
+            if value is not None:
+                signal.emit(value)
+
+    def _show_model(self, session: Session) -> None:
+        state = session.model_state()
+        if state != self._model:
+            self._model = state
+            self.model_loaded.emit(state)
 
     def _report_bug(self) -> None:
         log.exception("bug in the engine worker")
-        self.bug.emit(traceback.format_exc())
-
-    def _show_open_again(self, cleo: Cleo) -> None:
-        """After memories were forgotten or a chat deleted: their text must not stay on screen under
-        "Why this answer"."""
-        if self._open_conversation and not self._streaming(self._open_conversation):
-            self.conversationLoaded.emit(self._view(cleo, self._open_conversation))
-
-    def _streaming(self, conversation_id: str) -> bool:
-        return self._turn is not None and self._turn[0] == conversation_id
-
-    def _leave(self, cleo: Cleo, conversation_id: str) -> None:
-        store = cleo.memories.store
-        if store.is_temporary(conversation_id):
-            store.close_temporary(conversation_id)
-            self._list_conversations()
-        else:
-            cleo.assistant.finish(conversation_id)  # may leave a summary to write
-            if self._turn is None:
-                self._learn_when_idle()
-
-    def _switch_model_for(self, cleo: Cleo, conversation_id: str) -> None:
-        """Load the model this chat uses (its own, else the settings') if another one is loaded."""
-        from engine.session import chat_model_path
-
-        wanted = cleo.memories.store.chat_model(conversation_id) or str(chat_model_path(self.settings))
-        if Path(wanted) == cleo.assistant.model.path:
-            return
-        if not Path(wanted).is_file():
-            raise ModelMissing(f"This chat uses the model {wanted}, which is no longer there.",
-                               hint="Choose another model for it in Models (Ctrl+L).")
-        cleo.assistant.load_model(Path(wanted), settings=self.settings)
-        self.ready.emit(self._model_state())
-
-    def _model_state(self) -> ModelState:
-        assert self.cleo is not None
-        model = self.cleo.assistant.model
-        return ModelState(model.name, str(model.path), model.device, model.context_size)
-
-    def _view(self, cleo: Cleo, conversation_id: str) -> ConversationView:
-        store = cleo.memories.store
-        conversation = store.conversation(conversation_id)
-        messages = store.branch(conversation.current_leaf_id)
-        positions = store.alternative_positions(conversation_id)
-        alternatives = {m.id: positions[m.id] for m in messages if m.id in positions}
-        return ConversationView(conversation.id, conversation.title, tuple(messages), alternatives,
-                                instructions=conversation.system_prompt, model=store.chat_model(conversation_id),
-                                temporary=store.is_temporary(conversation_id),
-                                memory_enabled=store.memory_enabled(conversation_id),
-                                why=cleo.hooks.recalled_in(conversation_id))
-
-    def _list_conversations(self) -> None:
-        if self.cleo is not None:
-            summaries: list[ConversationSummary] = self.cleo.memories.store.conversations(include_archived=True)
-            self.conversationsChanged.emit(summaries)
-
-    def _list_memories(self) -> None:
-        if self.cleo is not None:
-            book = self.cleo.memories.book
-            self.memoriesChanged.emit(MemoryState(tuple(book.memories()), tuple(book.inbox())))
-
-    def _store_settings(self, settings: Settings) -> None:
-        from engine.settings import save_settings
-
-        save_settings(settings)
-        self.settings = settings
-        self.settingsChanged.emit(settings)
-
-
-class NotReady(KnownError):
-    """A request arrived before the engine was open."""
-
-
-class ConversationBusy(KnownError):
-    """A request that must wait for the reply being generated."""
+        self.bug_reported.emit(traceback.format_exc())

@@ -12,8 +12,10 @@ import json
 import time
 from pathlib import Path
 
-from engine.llama_backend import ChatModel, Sampling, default_threads
 from engine.paths import default_chat_model
+from engine.runtime.chat_model import LlamaChatModel
+from engine.runtime.llama import default_threads
+from engine.runtime.sampling import Sampling
 from training.defaults import base_chat_model
 
 PROMPT = "Write a short story about a lighthouse keeper who finds a message in a bottle. " * 6
@@ -21,7 +23,7 @@ GENERATED_TOKENS = 64
 
 
 def measure(label: str, path: Path, threads: int) -> dict[str, float | str | int]:
-    model = ChatModel(path, context_size=1024, threads=threads, gpu_layers=0)
+    model = LlamaChatModel(path, context_size=1024, threads=threads, gpu_layers=0)
     prompt = model.tokenize(PROMPT)
     model.next_token_logits("warm up")
     start = time.perf_counter()

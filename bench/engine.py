@@ -1,8 +1,9 @@
 """The engine's overhead and its cache reuse, on the default MoE, in one run.
 
 Prints JSON lines:
-(a) decode tokens/s through `Assistant.turn` divided by a raw llama.cpp decode loop (same GGUF,
-    same threads, same greedy sampler, pairs interleaved); target >= 0.98.
+(a) decode tokens/s through the Session's turn queue and `Assistant.turn` (the path every frontend
+    takes) divided by a raw llama.cpp decode loop (same GGUF, same threads, same greedy sampler,
+    pairs interleaved); target >= 0.98.
 (b) time to first token for turns 1..20 of a growing conversation; target turn 20 <= 1.2x turn 1,
     against a cold turn 1 and against one that finds the system prompt cached, with llama.cpp's
     own cost for the same new tokens at the same positions alongside.
@@ -21,10 +22,13 @@ from collections.abc import Iterator
 
 import llama_cpp
 
-from engine.assistant import Assistant, TurnOptions
+from engine.chat.assistant import Assistant, TurnOptions
+from engine.chat.requests import TurnQueue
 from engine.events import Event, Token, Usage
-from engine.llama_backend import ChatModel, Sampling, default_threads
 from engine.paths import default_chat_model
+from engine.runtime.chat_model import LlamaChatModel
+from engine.runtime.llama import default_threads
+from engine.runtime.sampling import Sampling
 from engine.settings import Settings
 
 STORY = "Write a long story about a lighthouse keeper who finds a message in a bottle."
@@ -34,6 +38,15 @@ PAIRS = 8
 
 def emit(**row: object) -> None:
     print(json.dumps({"bench": "engine", **row}), flush=True)
+
+
+def queued_turn(assistant: Assistant, chat: str, text: str, options: TurnOptions | None = None) -> Iterator[Event]:
+    """A turn as every frontend gets it: through the Session's queue of turns, an event per step."""
+    turns = TurnQueue()
+    ticket = turns.submit("bench", chat, lambda stop: assistant.turn(chat, text, options, stop=stop))
+    while not ticket.ended.is_set():
+        for _, event in turns.step(0.0, time.perf_counter).events:
+            yield event
 
 
 def token_times(events: Iterator[Event]) -> tuple[float, list[float]]:
@@ -70,23 +83,23 @@ def raw_decode(llm: llama_cpp.Llama, prompt: list[int], max_tokens: int) -> list
     return times
 
 
-def overhead(assistant: Assistant, threads: int) -> None:
+def overhead(assistant: Assistant, model: LlamaChatModel, threads: int) -> None:
     greedy = TurnOptions(sampling=Sampling(temperature=0.0, repeat_penalty=1.0, max_tokens=DECODE_TOKENS))
     prompt = assistant.model.chat_tokens([{"role": "system", "content": assistant.settings.system_prompt},
                                           {"role": "user", "content": STORY}])
     # The raw loop runs on the assistant's own llama.cpp context (same weights, same buffers), so the
     # comparison measures Cleo's code and nothing else.
-    raw = assistant.model._llm
+    raw = model._llm
     ratios = []
     for pair in range(PAIRS):
         if pair % 2:  # alternate who goes first, so a drift in machine speed favours neither
-            _, times = token_times(assistant.turn(assistant.new_conversation(), STORY, greedy))
+            _, times = token_times(queued_turn(assistant, assistant.new_conversation(), STORY, greedy))
             raw_rate = rate(raw_decode(raw, prompt, DECODE_TOKENS))
-            assistant.model.forget()  # the raw loop replaced what the cache held
+            model.forget()  # the raw loop replaced what the cache held
         else:
             raw_rate = rate(raw_decode(raw, prompt, DECODE_TOKENS))
-            assistant.model.forget()
-            _, times = token_times(assistant.turn(assistant.new_conversation(), STORY, greedy))
+            model.forget()
+            _, times = token_times(queued_turn(assistant, assistant.new_conversation(), STORY, greedy))
         ours = rate(times)
         ratios.append(ours / raw_rate)
         emit(measure="decode_tokens_per_s", pair=pair, threads=threads, raw_llama_cpp=round(raw_rate, 2),
@@ -100,7 +113,8 @@ def growing_conversation(assistant: Assistant, topic: str, turns: int = 20) -> l
     chat = assistant.new_conversation()
     measured = []
     for turn in range(turns):
-        ttft, usage = list_with_first_token(assistant.turn(chat, f"Give me one fact about {topic} number {turn + 1}."))
+        question = f"Give me one fact about {topic} number {turn + 1}."
+        ttft, usage = list_with_first_token(queued_turn(assistant, chat, question))
         prompt = list(assistant.model.cached_tokens[: usage.prompt_tokens])
         measured.append((ttft, prompt, usage.cached_tokens))
     return measured
@@ -138,8 +152,8 @@ def raw_first_token(llm: llama_cpp.Llama, prompt: list[int], cached: int) -> flo
     return elapsed
 
 
-def time_to_first_token(assistant: Assistant) -> None:
-    assistant.model.forget()  # turn 1 of the first run reads the system prompt too, as after starting Cleo
+def time_to_first_token(assistant: Assistant, model: LlamaChatModel) -> None:
+    model.forget()  # turn 1 of the first run reads the system prompt too, as after starting Cleo
     cold = growing_conversation(assistant, "planet")
     warm = growing_conversation(assistant, "river")  # turn 1 finds the system prompt cached by the first run
     for turn, (c, w) in enumerate(zip(cold, warm, strict=True), start=1):
@@ -151,8 +165,8 @@ def time_to_first_token(assistant: Assistant) -> None:
     # Against a turn 1 whose system prompt was already cached, attention over the longer context is
     # what grows; llama.cpp alone, reading the same new tokens at the same positions, is the floor.
     warm_ratio = warm[-1][0] / warm[0][0]
-    floor = [min(raw_first_token(assistant.model._llm, w[1], w[2]) for _ in range(3)) for w in (warm[0], warm[-1])]
-    assistant.model.forget()
+    floor = [min(raw_first_token(model._llm, w[1], w[2]) for _ in range(3)) for w in (warm[0], warm[-1])]
+    model.forget()
     emit(measure="b_ttft_turn20_over_turn1", value=round(warm_ratio, 3), turn1="system prompt cached",
          target="<= 1.2", met=warm_ratio <= 1.2, raw_llama_cpp_same_tokens=round(floor[1] / floor[0], 3))
 
@@ -160,14 +174,14 @@ def time_to_first_token(assistant: Assistant) -> None:
 def switch_back(assistant: Assistant, rounds: int = 4) -> None:
     home, away = assistant.new_conversation(), assistant.new_conversation()
     for turn in range(4):
-        list(assistant.turn(home, f"Tell me about the colour number {turn}."))
-    list(assistant.turn(away, "Name an animal."))
+        list(queued_turn(assistant, home, f"Tell me about the colour number {turn}."))
+    list(queued_turn(assistant, away, "Name an animal."))
     follow_ups, switches = [], []
     for i in range(rounds):
-        start, times = token_times(assistant.turn(home, f"And about the colour number {10 + i}?"))
+        start, times = token_times(queued_turn(assistant, home, f"And about the colour number {10 + i}?"))
         follow_ups.append(times[0] - start)
-        list(assistant.turn(away, f"Name another animal, number {i}."))
-        start, times = token_times(assistant.turn(home, f"And about the colour number {20 + i}?"))
+        list(queued_turn(assistant, away, f"Name another animal, number {i}."))
+        start, times = token_times(queued_turn(assistant, home, f"And about the colour number {20 + i}?"))
         switches.append(times[0] - start)
         emit(measure="ttft_s", round=i, follow_up=round(follow_ups[-1], 4), switch_back=round(switches[-1], 4))
     ratio = statistics.median(switches) / statistics.median(follow_ups)
@@ -178,11 +192,11 @@ def main() -> None:
     threads = default_threads()
     path = default_chat_model()
     settings = Settings(temperature=0.0, repeat_penalty=1.0, max_tokens=48, threads=threads)
-    model = ChatModel(path, context_size=settings.context_size, threads=threads, gpu_layers=0)
+    model = LlamaChatModel(path, context_size=settings.context_size, threads=threads, gpu_layers=0)
     assistant = Assistant(model, settings)
     emit(measure="setup", model=model.name, threads=threads, device=model.device)
-    overhead(assistant, threads)
-    time_to_first_token(assistant)
+    overhead(assistant, model, threads)
+    time_to_first_token(assistant, model)
     switch_back(assistant)
     model.close()
 

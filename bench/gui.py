@@ -5,10 +5,10 @@
     baseline.
 (2) The GUI thread's worst stall while a reply streams, with the 1,000-message conversation open:
     a 2 ms heartbeat timer on the GUI thread records the longest gap between its ticks.
-    (a) a scripted stream: a plain thread emits 100 tokens a second through a queued signal, as
-        the engine worker does; (b) the real default model through the real `EngineWorker`
-        (its speed is whatever this machine gives). Target <= 25 ms for both; the heartbeat's gap
-        with nothing streaming is the baseline.
+    (a) a scripted stream: a plain thread emits 100 tokens a second through the worker's own
+        `turn_advanced` signal, queued to the window as the engine's thread does; (b) the real
+        default model through the real `EngineWorker` (its speed is whatever this machine gives).
+        Target <= 25 ms for both; the heartbeat's gap with nothing streaming is the baseline.
 
 Run with `QT_QPA_PLATFORM=offscreen python -m bench.gui` (needs the default models: `make models`).
 """
@@ -23,15 +23,13 @@ from collections.abc import Callable
 
 os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
 
-from PySide6.QtCore import QCoreApplication, QObject, QTimer, Signal
+from PySide6.QtCore import QCoreApplication, QTimer
 from PySide6.QtWidgets import QApplication
 
 from app.chat_view import ChatView
 from app.main_window import MainWindow
-from app.worker import ConversationView, EngineWorker
-from engine.conversations import Message
-from engine.events import Done, Started, Token
-from engine.settings import Settings
+from app.worker import EngineWorker
+from engine import ConversationView, Done, Message, Settings, Started, Token
 
 FIRST_PAINT_TARGET_MS = 200.0
 STALL_TARGET_MS = 25.0
@@ -71,11 +69,11 @@ class Heartbeat:
     def __init__(self) -> None:
         self.timer = QTimer()
         self.timer.setInterval(HEARTBEAT_MS)
-        self.timer.timeout.connect(self._tick)
+        self.timer.timeout.connect(self.on_timer_timeout)
         self.worst = 0.0
         self._last = 0.0
 
-    def _tick(self) -> None:
+    def on_timer_timeout(self) -> None:
         now = time.perf_counter()
         if self._last:
             self.worst = max(self.worst, (now - self._last) * 1000 - HEARTBEAT_MS)
@@ -92,21 +90,16 @@ class Heartbeat:
         return self.worst
 
 
-class ScriptedStream(QObject):
-    happened = Signal(str, object)
-
-
 def scripted_stall(window: MainWindow, tokens: int = 300, rate: float = 100.0) -> float:
-    stream = ScriptedStream()
-    stream.happened.connect(window.controller._on_event)  # queued: emitted from another thread
+    stream = window.worker.turn_advanced  # its engine is not started yet: only this thread emits
     finished = threading.Event()
 
-    def produce() -> None:
-        stream.happened.emit("c", Started("c", "u", "r"))
+    def produce() -> None:  # queued to the GUI thread, since it emits from another thread
+        stream.emit("c", Started("c", "u", "r"))
         for i in range(tokens):
             time.sleep(1 / rate)
-            stream.happened.emit("c", Token(f"word{i} " if i % 12 else f"word{i}\n\n"))
-        stream.happened.emit("c", Done("r", "stop"))
+            stream.emit("c", Token(f"word{i} " if i % 12 else f"word{i}\n\n"))
+        stream.emit("c", Done("r", "stop"))
         finished.set()
 
     producer = threading.Thread(target=produce)
@@ -150,7 +143,7 @@ def main() -> None:
     seconds = time.perf_counter() - started
     words = len(window.controller.last_reply().split())
     emit(measure="gui_stall", stream="real default model", worst_ms=round(real, 1), reply_words=words,
-         seconds=round(seconds, 1), speed=window.speed_label.text())
+         seconds=round(seconds, 1), speed=window.status_line.speed_label.text())
     window.close()
     emit(measure="summary", first_paint_1000_ms=round(paint, 1), first_paint_target_ms=FIRST_PAINT_TARGET_MS,
          first_paint_met=paint <= FIRST_PAINT_TARGET_MS, stall_scripted_ms=round(scripted, 1),

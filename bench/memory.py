@@ -48,7 +48,7 @@ from typing import Any
 
 import numpy as np
 
-import engine.recall as recall_module
+import engine.memory.recall as recall_module
 from bench.memory_data import (
     DAY,
     FACT_KINDS,
@@ -58,13 +58,13 @@ from bench.memory_data import (
     memory_sentence,
     user_history,
 )
-from engine.database import Database, open_database
-from engine.llama_backend import Embedder
-from engine.memory import MemoryBook
+from engine.memory.book import MemoryBook
+from engine.memory.recall import Mode, Recall, RecallWeights, vector_bytes
+from engine.memory.vectors import vector_index
 from engine.paths import default_embedding_model
-from engine.recall import Mode, Recall, RecallWeights, vector_bytes
-from engine.store import SqliteConversationStore
-from engine.vectors import vector_index
+from engine.runtime.embedder import Embedder
+from engine.storage.conversations import SqliteConversationStore
+from engine.storage.database import Database, open_database
 
 SIZES = (1_000, 10_000, 100_000)  # messages; memories are a tenth of that
 QUERIES = 200
@@ -329,7 +329,7 @@ class Config:
     name: str
     mode: Mode = "hybrid"
     weights: RecallWeights = field(default_factory=RecallWeights)
-    keywords: Callable[[str], list[str]] | None = None  # a replacement for `engine.recall._keywords`
+    keywords: Callable[[str], list[str]] | None = None  # a replacement for `engine.memory.recall._keywords`
     bm25_top: int | None = None  # cut BM25's candidate lists to this many (`ShortBm25Recall`)
     swept: bool = False  # one of the weight sweep's points
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from engine.errors import KnownError
+from engine.errors import InternalError, KnownError
 
 
 @dataclass(frozen=True)
@@ -90,7 +90,7 @@ class Done:
 
 @dataclass(frozen=True)
 class Failed:
-    error: KnownError
+    error: KnownError | InternalError  # InternalError: a bug, logged with its traceback
 
 
 Event = Started | Token | Notice | Recalled | MemoryUpdated | Usage | Done | Failed

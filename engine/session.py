@@ -1,87 +1,55 @@
-"""Everything one profile needs, opened together on the thread that will use it.
+"""The product without Qt: one profile and one loaded model, and everything a frontend may ask of them.
 
-`open_cleo` opens the database (checked, locked, migrated), the conversation store, the
-embedder, memory and the chat model, and wires them into an `Assistant`. The GUI's worker, the
-terminal commands and the smoke test all start here, so they cannot disagree about how.
+The window (through its worker thread), `cleo chat` and the local API all open a `Session` and
+adapt it; the rules live here: what deleting a chat forgets, which settings reload the model,
+which model a chat uses, what leaving a chat does, when learning may run. Requests that change
+what a frontend shows return a `Refresh` with exactly the views that changed.
+
+A Session is used from the thread that opened it (it owns the model). Replies are the exception:
+any frontend, on any thread, may submit a turn; the owning thread writes them one at a time
+through `turns` (fair order, engine.chat.requests) with `step` or `run`.
 """
 
 from __future__ import annotations
 
-import logging
 import sys
-from dataclasses import dataclass
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
-from engine.assistant import Assistant, NoMemory
-from engine.database import Database, open_database
-from engine.errors import KnownError, ModelMissing
-from engine.llama_backend import ChatModel, Embedder
-from engine.memory import MemoryBook, MemoryHooks
-from engine.paths import default_chat_model, default_embedding_model
-from engine.recall import Recall
-from engine.settings import Settings
-from engine.store import SqliteConversationStore
+from engine.chat.assistant import Assistant, NoMemory, Turn
+from engine.chat.model import ChatModel, ModelLoader, load_llama_model
+from engine.chat.requests import Step, TurnQueue, TurnTicket
+from engine.errors import Busy, KnownError, ModelMissing
+from engine.events import Event, Failed, MemoryUpdated
+from engine.memory.turn_memory import LongTermMemory
+from engine.models.catalog import ModelCatalog, read_model_info
+from engine.paths import default_chat_model
+from engine.profile import Profile, open_profile
+from engine.settings import Settings, save_settings
+from engine.storage.conversations import ConversationSummary, SearchHit
+from engine.transfer import ImportReport
+from engine.views import ConversationView, MemoryState, ModelList, ModelState, Refresh
 
-log = logging.getLogger(__name__)
-
-
-@dataclass
-class Memories:
-    """The database and what reads and writes it, without a chat model (for `cleo memory ...`)."""
-
-    database: Database
-    store: SqliteConversationStore
-    embedder: Embedder | None
-    book: MemoryBook
-    recall: Recall
-
-    def close(self) -> None:
-        if self.embedder is not None:
-            self.embedder.close()
-        self.database.close()
+# Changing one of these loads the model again; the others apply from the next turn.
+RELOADING_SETTINGS = ("chat_model", "context_size", "threads", "gpu_layers", "kv_cache_budget_mb")
+# Learning runs the model for seconds: it waits until the user has paused this long.
+IDLE_BEFORE_LEARNING_S = 15.0
+MEMORY_ACTIONS = ("approve", "reject", "forget", "pin", "unpin")
 
 
-@dataclass
-class Cleo:
-    memories: Memories
-    hooks: MemoryHooks
-    assistant: Assistant
-
-    def close(self) -> None:
-        self.assistant.model.close()
-        self.memories.close()
-
-
-def open_memories(database_path: Path | None = None, *, embedder_path: Path | None = None) -> Memories:
-    database = open_database(database_path)
-    try:
-        store = SqliteConversationStore(database)
-        store.recover_after_crash()
-        embedder = _open_embedder(embedder_path or default_embedding_model())
-        book = MemoryBook(database, embedder)
-        book.embed_missing()  # rows a crash or an import left without vectors
-        return Memories(database, store, embedder, book, Recall(database, embedder))
-    except BaseException:
-        database.close()
-        raise
-
-
-def open_cleo(settings: Settings, *, model_path: Path | None = None, database_path: Path | None = None) -> Cleo:
+def open_session(settings: Settings, *, model_path: Path | None = None, database_path: Path | None = None,
+                 load_model: ModelLoader = load_llama_model) -> Session:
+    """Open the profile and load its chat model (`model_path`, else the settings')."""
     path = chat_model_path(settings, model_path)
-    memories = open_memories(database_path)
+    profile = open_profile(database_path)
     try:
-        model = ChatModel(path, context_size=settings.context_size, threads=settings.threads or None,
-                          gpu_layers=settings.gpu_layers)
+        model = load_model(path, settings)
     except BaseException:
-        memories.close()
+        profile.close()
         raise
-    hooks = MemoryHooks(memories.book, memories.recall, memories.store,
-                        ask_before_remembering=settings.ask_before_remembering)
-    # With memory switched off in the settings, chats are still saved and searchable; nothing is
-    # recalled or learned.
-    memory = hooks if settings.memory_enabled else NoMemory()
-    assistant = Assistant(model, settings, store=memories.store, memory=memory)
-    return Cleo(memories, hooks, assistant)
+    return Session(profile, model, settings, load_model=load_model)
 
 
 def chat_model_path(settings: Settings, model_path: Path | None = None) -> Path:
@@ -96,10 +64,294 @@ def chat_model_path(settings: Settings, model_path: Path | None = None) -> Path:
     return path
 
 
-def _open_embedder(path: Path) -> Embedder | None:
-    """The embedder, or None (recall then uses keywords only) when its file is missing or broken."""
-    try:
-        return Embedder(path, threads=1)
-    except KnownError as exc:
-        log.warning("memory search runs on keywords only: %s", exc.message)
-        return None
+def list_models(settings: Settings) -> ModelList:
+    """The models Cleo can load from its folders and the user's, and the .gguf files it cannot."""
+    models, unusable = ModelCatalog([Path(p) for p in settings.model_folders]).scan()
+    return ModelList(tuple(models), tuple(unusable))
+
+
+def choose_model(settings: Settings, path: str) -> Settings:
+    """Make the model at `path` the default, checked first; the saved settings are returned."""
+    read_model_info(Path(path))  # a clear error before anything changes
+    settings = settings.updated(chat_model=path)
+    save_settings(settings)
+    return settings
+
+
+def keep_settings(settings: Settings) -> Refresh:
+    """Save `settings` when no Session could open (the model failed to load): they apply at the next open."""
+    save_settings(settings)
+    return Refresh(settings=settings)
+
+
+class Session:
+    def __init__(self, profile: Profile, model: ChatModel, settings: Settings, *,
+                 load_model: ModelLoader = load_llama_model, clock: Callable[[], float] = time.monotonic) -> None:
+        self.profile = profile
+        self.settings = settings
+        self._load_model = load_model
+        self._clock = clock
+        self.memory = LongTermMemory(profile.book, profile.recall, profile.store,
+                                     ask_before_remembering=settings.ask_before_remembering)
+        self.assistant = Assistant(model, settings, store=profile.store, memory=self._memory_for(settings))
+        self.turns = TurnQueue()
+        self.open_conversation: str | None = None  # the chat an interactive frontend shows
+        self._last_activity = clock()
+
+    def close(self) -> None:
+        """Stop every turn, leave the open chat (a temporary one is deleted) and close everything."""
+        self.turns.close()
+        try:
+            if self.open_conversation:
+                self.leave_chat(self.open_conversation)
+        finally:
+            self.assistant.model.close()
+            self.profile.close()
+
+    # --- chats ----------------------------------------------------------------------------------------
+
+    def conversations(self) -> tuple[ConversationSummary, ...]:
+        return tuple(self.profile.store.conversations(include_archived=True))
+
+    def new_chat(self, *, temporary: bool = False, instructions: str = "") -> str:
+        """A new chat (its id); a temporary one reads no memory and is deleted when left."""
+        return self.profile.store.create_conversation(system_prompt=instructions or None, temporary=temporary).id
+
+    def view(self, conversation_id: str) -> ConversationView:
+        store = self.profile.store
+        conversation = store.conversation(conversation_id)
+        messages = store.branch(conversation.current_leaf_id)
+        positions = store.alternative_positions(conversation_id)
+        return ConversationView(conversation.id, conversation.title, tuple(messages),
+                                {m.id: positions[m.id] for m in messages if m.id in positions},
+                                instructions=conversation.system_prompt, model=store.chat_model(conversation_id),
+                                temporary=store.is_temporary(conversation_id),
+                                memory_enabled=store.memory_enabled(conversation_id),
+                                why=self.memory.recalled_in(conversation_id))
+
+    def open_chat(self, conversation_id: str) -> Refresh:
+        """Show `conversation_id` ("" for a new chat); the chat shown before is left, unless a reply
+        is still being written in it."""
+        previous, refresh = self.open_conversation, Refresh()
+        if previous and previous != conversation_id and not self.turns.writing_in(previous):
+            refresh = self.leave_chat(previous)
+        self.open_conversation = conversation_id or None
+        return refresh | Refresh(conversation=self.view(conversation_id)) if conversation_id else refresh
+
+    def leave_chat(self, conversation_id: str) -> Refresh:
+        """The user left the chat: a temporary one is deleted; another is summarised when Cleo learns next."""
+        store = self.profile.store
+        if store.is_temporary(conversation_id):
+            store.close_temporary(conversation_id)
+            return Refresh(conversations=self.conversations())
+        self.assistant.finish(conversation_id)
+        return Refresh()
+
+    def change_chat(self, conversation_id: str, **changes: Any) -> Refresh:
+        """Rename (title), pin, archive, memory on/off, instructions (system_prompt), as the store takes them."""
+        self.profile.store.update_conversation(conversation_id, **changes)
+        return Refresh(conversations=self.conversations())
+
+    def rename_chat(self, conversation_id: str, title: str) -> Refresh:
+        return self.change_chat(conversation_id, title=title)
+
+    def pin_chat(self, conversation_id: str, pinned: bool = True) -> Refresh:
+        return self.change_chat(conversation_id, pinned=pinned)
+
+    def archive_chat(self, conversation_id: str, archived: bool = True) -> Refresh:
+        return self.change_chat(conversation_id, archived=archived)
+
+    def delete_chat(self, conversation_id: str, *, forget_what_was_learned: bool) -> Refresh:
+        """Delete a chat, and with `forget_what_was_learned` every memory learned from it."""
+        if self.turns.writing_in(conversation_id):
+            raise Busy("Cleo is still replying in this chat.", hint="Stop the reply, then delete it.")
+        if forget_what_was_learned:
+            for memory in self.profile.book.derived_from(conversation_id):
+                self.profile.book.forget(memory.id, reason="its conversation was deleted")
+        self.profile.store.delete_conversation(conversation_id)
+        refresh = Refresh(conversations=self.conversations(), memories=self.memory_state())
+        if self.open_conversation == conversation_id:
+            self.open_conversation = None
+            return refresh
+        return refresh | self._open_chat_again()  # its "Why this answer" may have quoted the deleted chat
+
+    def search(self, query: str, *, limit: int = 30) -> list[SearchHit]:
+        return self.profile.store.search(query, limit=limit)
+
+    def import_chats(self, source: str, path: Path) -> tuple[ImportReport, Refresh]:
+        """Add the chats of a ChatGPT ("chatgpt") or Cleo ("cleo") export, all or none; recall finds
+        their messages at once. Exports go through `profile` (`export_chat`, `export_everything`)."""
+        report = self.profile.import_chats(source, path)
+        self.profile.book.embed_missing()
+        return report, Refresh(conversations=self.conversations())
+
+    # --- turns ------------------------------------------------------------------------------------------
+
+    def send(self, conversation_id: str, text: str, *, frontend: str = "window", temporary: bool = False,
+             instructions: str = "", show: bool = False) -> TurnTicket:
+        """Reply to `text` in the chat (a new one when `conversation_id` is ""; see `new_chat`).
+        `show`: the frontend shows this chat, which becomes the open one (see `open_chat`)."""
+        conversation_id = conversation_id or self.new_chat(temporary=temporary, instructions=instructions)
+        if show:
+            self.open_conversation = conversation_id
+        return self._submit(frontend, conversation_id, lambda stop: self.assistant.turn(conversation_id, text,
+                                                                                         stop=stop))
+
+    def regenerate(self, conversation_id: str, reply_id: str, *, frontend: str = "window") -> TurnTicket:
+        """Another reply in place of `reply_id`; the old one stays as an alternative."""
+        return self._submit(frontend, conversation_id,
+                            lambda stop: self.assistant.regenerate(conversation_id, reply_id, stop=stop))
+
+    def edit(self, conversation_id: str, message_id: str, text: str, *, frontend: str = "window") -> TurnTicket:
+        """Replace one of the user's messages on a new branch and reply to it; the old branch stays."""
+        return self._submit(frontend, conversation_id,
+                            lambda stop: self.assistant.edit(conversation_id, message_id, text, stop=stop))
+
+    def show_alternative(self, message_id: str, index: int) -> Refresh:
+        """Show the `index`-th alternative (from 0) of a message and the branch under it."""
+        store = self.profile.store
+        message = store.alternatives(message_id)[index]
+        store.set_current_leaf(message.conversation_id, store.latest_leaf(message.id))
+        return Refresh(conversation=self.view(message.conversation_id))
+
+    def step(self, seconds: float) -> Step:
+        """On this Session's thread: write the queued turns for about `seconds`."""
+        step = self.turns.step(seconds, self._clock)
+        if step.events or step.ended:
+            self._last_activity = self._clock()
+        return step
+
+    def run(self, ticket: TurnTicket) -> Iterator[Event]:
+        """On this Session's thread: write turns until `ticket`'s has ended, yielding its events
+        (turns queued before it, by any frontend, are written first)."""
+        while not ticket.ended.is_set():
+            for owner, event in self.step(0.05).events:
+                if owner is ticket:
+                    yield event
+
+    def _submit(self, frontend: str, conversation_id: str, start: Callable[[Any], Turn]) -> TurnTicket:
+        self._last_activity = self._clock()
+
+        def turn(stop: Any) -> Turn:
+            try:
+                self._use_model_of(conversation_id)  # at its start: the turn before may use another model
+            except KnownError as exc:
+                yield Failed(exc)
+                return
+            yield from start(stop)
+        return self.turns.submit(frontend, conversation_id, turn)
+
+    # --- memory -----------------------------------------------------------------------------------------
+
+    def memory_state(self) -> MemoryState:
+        book = self.profile.book
+        return MemoryState(tuple(book.memories()), tuple(book.inbox()))
+
+    def change_memory(self, action: str, memory_id: str) -> Refresh:
+        """One of `MEMORY_ACTIONS` on a memory."""
+        book = self.profile.book
+        if action not in MEMORY_ACTIONS:
+            raise ValueError(f"unknown memory action {action!r}")
+        if action in ("pin", "unpin"):
+            book.pin(memory_id, action == "pin")
+        else:
+            getattr(book, action)(memory_id)
+        forgotten = self._open_chat_again() if action == "forget" else Refresh()  # it may be under "Why this answer"
+        return forgotten | Refresh(memories=self.memory_state())
+
+    def edit_memory(self, memory_id: str, text: str) -> Refresh:
+        self.profile.book.edit(memory_id, text)
+        return Refresh(memories=self.memory_state())
+
+    def add_memory(self, text: str, kind: str = "fact") -> Refresh:
+        self.profile.book.add(text, kind)
+        return Refresh(memories=self.memory_state())
+
+    # --- learning ---------------------------------------------------------------------------------------
+
+    @property
+    def learning_pending(self) -> bool:
+        return self.assistant.learning_pending
+
+    def learning_wait(self) -> float | None:
+        """Seconds until learning may run (0: now), or None when there is nothing to learn."""
+        if not self.learning_pending:
+            return None
+        return max(0.0, IDLE_BEFORE_LEARNING_S - (self._clock() - self._last_activity))
+
+    def learn_step(self) -> list[MemoryUpdated]:
+        """One model call's worth of learning, so a reply asked for meanwhile waits for one call only;
+        nothing while a turn is waiting or running."""
+        if self.turns.busy():
+            return []
+        return self.assistant.learn(at_most=1)
+
+    # --- models and settings ----------------------------------------------------------------------------
+
+    def model_state(self) -> ModelState:
+        model = self.assistant.model
+        return ModelState(model.name, str(model.path), model.device, model.context_size)
+
+    def list_models(self) -> ModelList:
+        return list_models(self.settings)
+
+    def use_model(self, path: str) -> Refresh:
+        """Chat with the model at `path` in every chat that has no model of its own."""
+        self._check_idle()
+        settings = choose_model(self.settings, path)
+        self._load(Path(path), settings)
+        return Refresh(model=self.model_state(), settings=settings)
+
+    def use_model_in_chat(self, conversation_id: str, path: str) -> Refresh:
+        """This chat uses the model at `path` from now on; the others keep the settings' model."""
+        self._check_idle()
+        read_model_info(Path(path))  # a clear error before anything changes
+        self.profile.store.update_conversation(conversation_id, model=path)
+        loaded = self._use_model_of(conversation_id)
+        return Refresh(conversation=self.view(conversation_id), model=self.model_state() if loaded else None)
+
+    def apply_settings(self, settings: Settings) -> Refresh:
+        """Save `settings` and apply them; a change in `RELOADING_SETTINGS` loads the model again."""
+        self._check_idle()
+        old, self.settings = self.settings, settings
+        save_settings(settings)
+        self.memory.ask_before_remembering = settings.ask_before_remembering
+        self.assistant.memory = self._memory_for(settings)
+        if not any(getattr(old, name) != getattr(settings, name) for name in RELOADING_SETTINGS):
+            self.assistant.settings = settings
+            return Refresh(settings=settings)
+        path = Path(settings.chat_model) if settings.chat_model else self.assistant.model.path
+        self._load(path, settings)
+        return Refresh(model=self.model_state(), settings=settings)
+
+    def _use_model_of(self, conversation_id: str) -> bool:
+        """Load the model this chat uses (its own, else the settings') if another is loaded; whether it did."""
+        wanted = self.profile.store.chat_model(conversation_id) or str(chat_model_path(self.settings))
+        if Path(wanted) == self.assistant.model.path:
+            return False
+        if not Path(wanted).is_file():
+            raise ModelMissing(f"This chat uses the model {wanted}, which is no longer there.",
+                               hint="Choose another model for it in Models (Ctrl+L).")
+        self._load(Path(wanted), self.settings)
+        return True
+
+    def _load(self, path: Path, settings: Settings) -> None:
+        """Load `path` and switch to it; if loading fails, the current model keeps serving."""
+        self.assistant.use_model(self._load_model(path, settings), settings)
+
+    # --- helpers ----------------------------------------------------------------------------------------
+
+    def _memory_for(self, settings: Settings) -> LongTermMemory | NoMemory:
+        # With memory off in the settings chats are still saved and searchable; nothing is recalled or learned.
+        return self.memory if settings.memory_enabled else NoMemory()
+
+    def _check_idle(self) -> None:
+        if self.turns.busy():
+            raise Busy("Cleo is still writing a reply.", hint="Wait for it, or press Stop.")
+
+    def _open_chat_again(self) -> Refresh:
+        """The open chat as it is now, unless a reply is being written in it (that shows it when it ends)."""
+        shown = self.open_conversation
+        if shown and not self.turns.writing_in(shown):
+            return Refresh(conversation=self.view(shown))
+        return Refresh()

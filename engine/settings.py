@@ -1,6 +1,6 @@
 """Cleo's settings: one pydantic model, persisted as JSON, overridable from the environment.
 
-Every field has a type, limits, a default and a description; the settings dialog (issue 6) is
+Every field has a type, limits, a default and a description; the settings dialog (`app/settings_dialog.py`) is
 generated from this model. Values come from, in order of strength: `CLEO_<FIELD>` environment
 variables, `settings.json` in the config folder, the defaults below.
 

@@ -74,7 +74,7 @@ def main(argv: list[str]) -> int:
 def _strip_symbols(internal: Path) -> None:
     """Drop symbol tables and debug info, which nothing at run time reads (~11 MB: sqlean and
     PyYAML ship debug info, ICU and Python their symbol tables). Not numpy's files: auditwheel
-    rewrote them with patchelf, and strip corrupts its OpenBLAS (FACTS.md)."""
+    rewrote them with patchelf, and strip corrupts its OpenBLAS (docs/ARCHITECTURE.md, facts)."""
     strip = shutil.which("strip")
     if strip is None:
         print("strip not found: the bundle keeps its libraries' symbols")

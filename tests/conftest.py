@@ -1,11 +1,9 @@
-"""Shared fixtures. Every test runs with CLEO_HOME in a fresh temporary folder."""
+"""Shared fixtures. Every test runs with CLEO_HOME in a fresh temporary folder; helpers live in `tests/helpers/`."""
 
 from __future__ import annotations
 
 import os
-import shutil
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 # Qt must never look for a display in tests; set before any QApplication exists.
@@ -14,6 +12,7 @@ os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
 import pytest
 
 from engine.paths import DEFAULT_CHAT_MODEL_FILE, DEFAULT_EMBEDDING_MODEL_FILE
+from tests.helpers.models import DefaultModels
 
 
 @pytest.fixture(autouse=True)
@@ -25,20 +24,6 @@ def cleo_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     home = tmp_path / "cleo-home"
     monkeypatch.setenv("CLEO_HOME", str(home))
     return home
-
-
-@dataclass(frozen=True)
-class DefaultModels:
-    """The real default models, built once per test session by `training.defaults`."""
-
-    home: Path
-    chat: Path
-    embedder: Path
-    dense_base: Path
-
-    def copy_home_to(self, home: Path) -> None:
-        """Give `home` its own copy of everything setup produced (safe to damage)."""
-        shutil.copytree(self.home, home, dirs_exist_ok=True)
 
 
 @pytest.fixture(scope="session")
@@ -54,48 +39,27 @@ def default_models(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Default
     yield DefaultModels(home, models / DEFAULT_CHAT_MODEL_FILE, models / DEFAULT_EMBEDDING_MODEL_FILE, base)
 
 
-def write_tiny_gguf(path: Path, arch: str = "llama", tensors: bool = True, chat_template: str = "") -> Path:
-    """A small valid GGUF (name, context, 100-token vocabulary, two F32 tensors) to break or stretch."""
-    import numpy as np
-    from gguf import GGUFWriter
-
-    writer = GGUFWriter(path, arch=arch)
-    writer.add_name("tiny")
-    writer.add_context_length(64)
-    writer.add_token_list([f"t{i}" for i in range(100)])
-    if chat_template:
-        writer.add_chat_template(chat_template)
-    if tensors:
-        writer.add_tensor("token_embd.weight", np.ones((100, 32), dtype=np.float32))
-        writer.add_tensor("output_norm.weight", np.ones(32, dtype=np.float32))
-    writer.write_header_to_file()
-    writer.write_kv_data_to_file()
-    writer.write_tensors_to_file()
-    writer.close()
-    return path
-
-
 @pytest.fixture(scope="session")
 def moe_model(default_models: DefaultModels) -> Iterator[object]:
-    from engine.llama_backend import ChatModel
+    from engine.runtime.chat_model import LlamaChatModel
 
-    model = ChatModel(default_models.chat, context_size=1024, threads=1)
+    model = LlamaChatModel(default_models.chat, context_size=1024, threads=1)
     yield model
     model.close()
 
 
 @pytest.fixture(scope="session")
 def dense_model(default_models: DefaultModels) -> Iterator[object]:
-    from engine.llama_backend import ChatModel
+    from engine.runtime.chat_model import LlamaChatModel
 
-    model = ChatModel(default_models.dense_base, context_size=1024, threads=1)
+    model = LlamaChatModel(default_models.dense_base, context_size=1024, threads=1)
     yield model
     model.close()
 
 
 @pytest.fixture(scope="session")
 def embedder(default_models: DefaultModels) -> Iterator[object]:
-    from engine.llama_backend import Embedder
+    from engine.runtime.embedder import Embedder
 
     model = Embedder(default_models.embedder, threads=1)
     yield model

@@ -2,7 +2,7 @@
 
     python -m training finetune-default [--steps N] [--seq-len T] [--batch-size B]
 
-1. Reads the upcycled default model (issue 2) into torch and gives each expert a small, different
+1. Reads the upcycled default model (`training.defaults`) into torch and gives each expert a small, different
    nudge: the copies are identical, and identical experts receive identical gradients forever.
 2. Measures held-out perplexity of the dense base, of the upcycled model before training, and
    after training, all on the same held-out conversations (fixed by the seed).
@@ -78,7 +78,7 @@ def held_out_perplexity(model: Decoder, data: TrainingData) -> float:
 
 
 class TrainingBatches:
-    """`TrainingData` as the trainer reads it: training batches by position, held-out rows in order."""
+    """`TrainingData` as the trainer's `BatchSource`: training batches by position, held-out rows in order."""
 
     def __init__(self, data: TrainingData) -> None:
         self.data = data

@@ -31,10 +31,10 @@ import torch
 from gguf import GGMLQuantizationType, GGUFValueType, GGUFWriter, LlamaFileType
 from gguf.quants import dequantize
 
-from engine.catalog import read_model_info
 from engine.errors import ModelFileInvalid
-from engine.gguf_header import TensorInfo, read_header
-from training.gguf_metadata import MetadataValue, read_metadata
+from engine.models.catalog import read_model_info
+from engine.models.gguf_header import TensorInfo, read_header
+from training.gguf_metadata import MetadataValue, typed_metadata
 from training.model import ARCHITECTURES, Decoder, ModelConfig
 
 SaveDType = Literal["f16", "f32"]
@@ -131,8 +131,8 @@ def load_gguf(path: str | os.PathLike[str]) -> tuple[Decoder, GGUFModelInfo]:
             f"{', '.join(ARCHITECTURES)}.",
             hint="Choose a llama (dense or Mixtral-style MoE) or qwen3moe model.",
         )
-    header = read_header(path)
-    metadata = read_metadata(path, header.data_offset)
+    header = read_header(path, skip_long_arrays=False)  # export writes the vocabulary back
+    metadata = typed_metadata(header)
     if _int(metadata, "split.count", 1) > 1:
         raise ModelFileInvalid(f"{path} is one part of a split model.",
                                hint="Merge the parts into one file (llama-gguf-split --merge) first.")

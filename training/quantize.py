@@ -13,8 +13,8 @@ from pathlib import Path
 
 import llama_cpp
 
-from engine.catalog import read_model_info
 from engine.errors import KnownError, ModelFileInvalid
+from engine.models.catalog import read_model_info
 
 # The kinds Cleo offers, with llama.cpp's file-type enum for each.
 KINDS: dict[str, int] = {

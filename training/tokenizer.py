@@ -2,11 +2,10 @@
 
 A model trained here is run by llama.cpp, so training must see the very token ids llama.cpp
 will feed the model at inference. `Tokenizer` therefore rebuilds a GGUF's `gpt2` tokenizer
-(vocabulary, merges, token types, pre-tokenizer) on top of Hugging Face `tokenizers`, choosing
-the pre-tokenizer regexes llama.cpp uses for the file's `tokenizer.ggml.pre`, and decodes token
-by token with llama.cpp's rules for each token type. `train_bpe` makes a new vocabulary for a
-from-scratch model with a pre-tokenizer llama.cpp knows, and `TokenizerFields` carries what an
-exporter writes back into a GGUF.
+(vocabulary, merges, token types, pre-tokenizer) on top of Hugging Face `tokenizers`, cutting
+text as llama.cpp does for the file's `tokenizer.ggml.pre` (`training.pretokenizers`), and decodes
+token by token with llama.cpp's rules for each token type. `TokenizerFields` carries what an
+exporter writes back into a GGUF; `training.new_vocabulary` learns a new vocabulary.
 
     tok = Tokenizer.from_gguf(path)            # the tokenizer inside a model file
     ids = tok.encode("<|im_start|>user\\nHi")   # special tokens recognised, no start token added
@@ -23,12 +22,12 @@ from pathlib import Path
 from typing import Any
 
 from gguf import GGUFWriter, TokenType
-from tokenizers import AddedToken, Regex, models, pre_tokenizers, trainers
+from tokenizers import AddedToken, models
 from tokenizers import Tokenizer as HFTokenizer
 
 from engine.errors import ModelFileInvalid
-from engine.gguf_header import read_header
-from training.gguf_metadata import read_metadata
+from engine.models.gguf_header import read_header
+from training.pretokenizers import PRE_TOKENIZERS, supported_pres
 
 SUPPORTED_MODELS = ("gpt2",)  # `tokenizer.ggml.model` values this module reads
 MAX_TOKEN_BYTES = 32  # llama-cpp-python's detokenize drops pieces longer than its 32-byte buffer
@@ -43,51 +42,6 @@ CHATML_TEMPLATE = (
 # Control tokens llama.cpp treats as "end of generation" by their text, besides the eos id.
 END_OF_TURN_TEXTS = ("<|im_end|>", "<|eot_id|>", "<|end|>", "<end_of_turn>", "<|endoftext|>", "<|eom_id|>",
                      "<|end_of_text|>", "</s>")
-
-
-# --- pre-tokenizers --------------------------------------------------------------------------------------------
-
-# The regexes are llama.cpp's (src/llama-vocab.cpp, `llm_tokenizer_bpe`), which are the ones in the
-# models' tokenizer.json with `(?i:...)` spelled out. Each regex splits every piece left by the one
-# before; matches and the text between matches both become pieces.
-_GPT2 = r"'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"
-_CONTRACTIONS = r"(?:'[sS]|'[tT]|'[rR][eE]|'[vV][eE]|'[mM]|'[lL][lL]|'[dD])"
-_LLAMA3 = _CONTRACTIONS + r"|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
-_QWEN2 = _CONTRACTIONS + r"|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
-
-
-@dataclass(frozen=True)
-class PreTokenizer:
-    """How llama.cpp cuts text into pieces before BPE, for one family of `tokenizer.ggml.pre` names."""
-
-    regexes: tuple[str, ...]
-    # llama.cpp first looks a whole piece up in the vocabulary and only merges when it is absent.
-    ignore_merges: bool = False
-
-
-_PRE_GPT2 = PreTokenizer((_GPT2,))
-_PRE_DIGITS_GPT2 = PreTokenizer((r"\p{N}", _GPT2))  # every digit is its own piece
-_PRE_LLAMA3 = PreTokenizer((_LLAMA3,), ignore_merges=True)
-_PRE_QWEN2 = PreTokenizer((_QWEN2,))
-_PRE_DEFAULT = PreTokenizer((r"[\p{P}\$\+<=>\^~\|]+", _GPT2, r"\p{N}+", "[0-9][0-9][0-9]"))
-
-# `tokenizer.ggml.pre` name -> behaviour, for the names llama.cpp maps to these behaviours. GPT-2's own
-# pre-tokenizer is called "gpt-2" there: a file saying "gpt2" (the tokenizer *model* name) does not load.
-PRE_TOKENIZERS: dict[str, PreTokenizer] = {
-    "default": _PRE_DEFAULT,
-    **dict.fromkeys(("gpt-2", "phi-2", "mpt", "olmo"), _PRE_GPT2),
-    **dict.fromkeys(("smollm", "starcoder", "refact", "command-r", "codeshell", "exaone", "minerva-7b"),
-                    _PRE_DIGITS_GPT2),
-    **dict.fromkeys(("llama-bpe", "llama3", "llama-v3", "falcon3", "pixtral"), _PRE_LLAMA3),
-    **dict.fromkeys(("dbrx", "smaug-bpe"), PreTokenizer((_LLAMA3,))),
-    **dict.fromkeys(("qwen2", "deepseek-r1-qwen", "stablelm2", "megrez"), _PRE_QWEN2),
-}
-# What `train_bpe` uses unless told otherwise. llama.cpp implements this regex natively (not through
-# std::regex); numbers are cut into groups of at most three digits (GPT-2's regex keeps any run of
-# digits whole); contractions match in any case; runs of newlines get pieces of their own, apart
-# from indentation, which suits code. llama.cpp adds a start token for this name unless the file
-# says not to, which `TokenizerFields.write_to` always does.
-DEFAULT_TRAIN_PRE = "llama-bpe"
 
 
 # --- what a GGUF stores --------------------------------------------------------------------------------------
@@ -169,7 +123,7 @@ class Tokenizer:
             raise ValueError(f"tokenizer model '{fields.model}' is not supported "
                              f"(supported: {', '.join(SUPPORTED_MODELS)})")
         if fields.pre not in PRE_TOKENIZERS:
-            raise ValueError(f"pre-tokenizer '{fields.pre}' is not supported (supported: {_supported_pres()})")
+            raise ValueError(f"pre-tokenizer '{fields.pre}' is not supported (supported: {supported_pres()})")
         if len(fields.token_types) != len(fields.tokens):
             raise ValueError(f"{len(fields.tokens)} tokens but {len(fields.token_types)} token types")
         self._fields = fields
@@ -191,8 +145,7 @@ class Tokenizer:
         pre-tokenizer this module does not know.
         """
         path = Path(path)
-        header = read_header(path)  # bounds-checked; large arrays are skipped here
-        metadata = header.metadata
+        metadata = read_header(path, skip_long_arrays=False).metadata  # bounds-checked, the vocabulary included
         model = metadata.get("tokenizer.ggml.model")
         if model is None:
             raise ModelFileInvalid(f"{path} has no tokenizer (no tokenizer.ggml.model key).",
@@ -204,17 +157,14 @@ class Tokenizer:
         pre = metadata.get("tokenizer.ggml.pre") or "default"  # llama.cpp's choice when the key is missing
         if pre not in PRE_TOKENIZERS:
             raise UnsupportedTokenizer(f"{path} uses the pre-tokenizer '{pre}', which Cleo's training does not know.",
-                                       hint=f"Supported pre-tokenizers: {_supported_pres()}.")
-        full = read_metadata(path, header.data_offset)
-        arrays = {key: full[key].value for key in ("tokenizer.ggml.tokens", "tokenizer.ggml.merges",
-                                                   "tokenizer.ggml.token_type") if key in full}
+                                       hint=f"Supported pre-tokenizers: {supported_pres()}.")
         for key in ("tokenizer.ggml.tokens", "tokenizer.ggml.merges"):
-            if key not in arrays:
+            if not isinstance(metadata.get(key), list):
                 raise ModelFileInvalid(f"{path} has a tokenizer without {key}.",
                                        hint="The file is incomplete; convert it again.")
-        tokens = arrays["tokenizer.ggml.tokens"]
-        merges = arrays["tokenizer.ggml.merges"]
-        types = arrays.get("tokenizer.ggml.token_type", [int(TokenType.NORMAL)] * len(tokens))
+        tokens = metadata["tokenizer.ggml.tokens"]
+        merges = metadata["tokenizer.ggml.merges"]
+        types = metadata.get("tokenizer.ggml.token_type", [int(TokenType.NORMAL)] * len(tokens))
 
         def token_id(key: str) -> int | None:
             value = metadata.get(key)
@@ -365,10 +315,7 @@ class Tokenizer:
             if cut > 0 and left in vocab and right in vocab and left + right in vocab:
                 merges.append((left, right))
         hf = HFTokenizer(models.BPE(vocab, merges, ignore_merges=spec.ignore_merges))
-        hf.pre_tokenizer = pre_tokenizers.Sequence([
-            *(pre_tokenizers.Split(Regex(regex), behavior="isolated") for regex in spec.regexes),
-            pre_tokenizers.ByteLevel(add_prefix_space=False, trim_offsets=False, use_regex=False),
-        ])
+        hf.pre_tokenizer = spec.backend()
         # Control (and unknown) tokens are recognised in text only when asked; user-defined ones always.
         hf.add_special_tokens([AddedToken(text, special=True, normalized=False)
                                for text, kind in zip(fields.tokens, fields.token_types, strict=True)
@@ -381,10 +328,6 @@ class Tokenizer:
 
 
 _SPECIAL_TYPES = frozenset((int(TokenType.CONTROL), int(TokenType.UNKNOWN)))
-
-
-def _supported_pres() -> str:
-    return ", ".join(sorted(PRE_TOKENIZERS))
 
 
 # --- GPT-2's byte-level alphabet --------------------------------------------------------------------------------
@@ -426,73 +369,3 @@ def _piece(text: str, kind: int) -> bytes:
     if kind == TokenType.UNUSED:
         return b""
     return text.encode("utf-8")  # control, unknown and user-defined tokens are stored as plain text
-
-
-# --- training a new vocabulary ----------------------------------------------------------------------------------
-
-
-def train_bpe(
-    texts: Iterable[str],
-    vocab_size: int,
-    *,
-    pre: str = DEFAULT_TRAIN_PRE,
-    min_frequency: int = 2,
-    max_token_bytes: int = MAX_TOKEN_BYTES,
-    special_tokens: Sequence[str] = CHATML_SPECIAL_TOKENS,
-    chat_template: str = CHATML_TEMPLATE,
-) -> Tokenizer:
-    """A byte-level BPE vocabulary of at most `vocab_size` tokens learnt from `texts`.
-
-    The pre-tokenizer is the one llama.cpp applies for `pre` (default "llama-bpe": llama.cpp
-    implements its regex natively; digits go in groups of at most three), so the exported GGUF
-    tokenizes in llama.cpp exactly as here. Normal tokens are at most `max_token_bytes` bytes
-    (llama-cpp-python drops longer pieces when detokenizing). `special_tokens` take the first ids
-    as control tokens; with the default ChatML set, `<|im_start|>` is bos, `<|im_end|>` eos (what
-    ends a reply) and `<|endoftext|>` pad and document separator, as in SmolLM2. `texts` should be
-    plain text: special-token spellings inside them are learnt as ordinary text.
-    """
-    if pre not in PRE_TOKENIZERS:
-        raise ValueError(f"pre-tokenizer '{pre}' is not supported (supported: {_supported_pres()})")
-    if vocab_size < 256 + len(special_tokens):
-        raise ValueError(f"vocab_size {vocab_size} leaves no room for merges: the 256 bytes and "
-                         f"{len(special_tokens)} special tokens come first")
-    tokens, merges = _train(texts, vocab_size, PRE_TOKENIZERS[pre], min_frequency, max_token_bytes, special_tokens)
-    specials = set(special_tokens)
-    types = [int(TokenType.CONTROL if t in specials else TokenType.NORMAL) for t in tokens]
-    ids = {t: i for i, t in enumerate(tokens)}
-    chatml = all(t in ids for t in CHATML_SPECIAL_TOKENS)
-    fields = TokenizerFields(
-        tokens=tokens, token_types=types, merges=merges, pre=pre,
-        bos_id=ids["<|im_start|>"] if chatml else None,
-        eos_id=ids["<|im_end|>"] if chatml else None,
-        pad_id=ids["<|endoftext|>"] if chatml else None,
-        add_bos=False, chat_template=chat_template,
-    )
-    return Tokenizer(fields)
-
-
-def _train(texts: Iterable[str], vocab_size: int, spec: PreTokenizer, min_frequency: int, max_token_bytes: int,
-           special_tokens: Sequence[str]) -> tuple[list[str], list[str]]:
-    """The trained vocabulary (index = id) and merges ("left right", by priority)."""
-    hf = HFTokenizer(models.BPE(ignore_merges=spec.ignore_merges))
-    hf.pre_tokenizer = pre_tokenizers.Sequence([
-        *(pre_tokenizers.Split(Regex(regex), behavior="isolated") for regex in spec.regexes),
-        pre_tokenizers.ByteLevel(add_prefix_space=False, trim_offsets=False, use_regex=False),
-    ])
-    trainer = trainers.BpeTrainer(
-        vocab_size=vocab_size, min_frequency=min_frequency, show_progress=False,
-        special_tokens=list(special_tokens), initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-        # In the byte-level alphabet one character is one byte, so this caps tokens in bytes.
-        max_token_length=max_token_bytes,
-    )
-    hf.train_from_iterator(texts, trainer=trainer)
-    vocab = hf.get_vocab(with_added_tokens=True)
-    tokens = [""] * len(vocab)
-    for text, i in vocab.items():
-        tokens[i] = text
-    if "" in tokens:
-        raise RuntimeError("the trained vocabulary has gaps in its ids")
-    model = json.loads(hf.to_str())["model"]
-    # `tokenizers` writes merges as [left, right] pairs (older versions: "left right" strings).
-    merges = [m if isinstance(m, str) else f"{m[0]} {m[1]}" for m in model["merges"]]
-    return tokens, merges

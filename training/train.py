@@ -5,7 +5,7 @@ synchronised on the last micro-batch), bf16 autocast on CUDA and fp32 on the CPU
 is DDP or FSDP2 (`fully_shard`) when started by torchrun, nothing otherwise.
 
 Checkpoints hold everything an exact resume needs: model, optimizer, scheduler, the step (the
-data are a pure function of the step, see `Batches`) and the random generators. They are written
+data are a pure function of the step, see `BatchSource`) and the random generators. They are written
 with `torch.distributed.checkpoint` into `step-N.partial/` and renamed when complete, so a crash
 or a full disk mid-write leaves the previous checkpoint as it was. A NaN loss stops training
 without writing, keeping the last good checkpoint.
@@ -46,8 +46,9 @@ class TrainingError(Exception):
     """Something the person training must fix (a mismatched checkpoint, a NaN, a full disk)."""
 
 
-class Batches(Protocol):
-    """Training data as a pure function of the position, so resuming needs only the step."""
+class BatchSource(Protocol):
+    """Where the trainer takes its batches: training data as a pure function of the position, so
+    resuming needs only the step, and fixed held-out batches to evaluate on."""
 
     def batch(self, index: int, rank: int, world_size: int) -> dict[str, Tensor]:
         """Micro-batch `index` for `rank`: "input_ids" and "labels" [B, T]; labels[b, t] is the token
@@ -101,7 +102,7 @@ def learning_rate(config: TrainConfig, step: int) -> float:
 
 
 class Trainer:
-    def __init__(self, model_config: ModelConfig, config: TrainConfig, data: Batches, *,
+    def __init__(self, model_config: ModelConfig, config: TrainConfig, data: BatchSource, *,
                  model: Decoder | None = None, device: torch.device | None = None) -> None:
         self.model_config = model_config
         self.config = config

@@ -3,7 +3,7 @@
 Every expert starts as an exact copy of the layer's dense feed-forward network, and the router
 starts at zero. With a zero router the softmax is uniform, top-k picks k equal weights, and the
 renormalised mixture of k identical experts is the dense FFN again, so the MoE computes what
-the dense model computed until fine-tuning (issue 5) makes the experts differ.
+the dense model computed until fine-tuning (`training.finetune`) makes the experts differ.
 
 Only `gguf` and `numpy` are needed: the quantized blocks are copied byte for byte, never
 dequantized, so nothing is lost and no torch is required. `upcycle_model` does the same to a torch

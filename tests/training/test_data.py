@@ -1,4 +1,5 @@
-"""`training.data`: readers on the shared data, identity cleanup, loss masks, packing, the split and the batches."""
+"""The training data pipeline (`training.data` and its steps): readers on the shared data, identity cleanup, loss masks,
+packing, the split and the batches."""
 
 from __future__ import annotations
 
@@ -13,40 +14,32 @@ import numpy as np
 import pytest
 import torch
 
-from engine.database import open_database
 from engine.errors import ChatTemplateInvalid
-from engine.llama_backend import ChatModel
-from engine.store import SqliteConversationStore
+from engine.runtime.chat_model import LlamaChatModel
+from engine.storage.conversations import SqliteConversationStore
+from engine.storage.database import open_database
 from engine.transfer import export_everything
-from tests.conftest import DefaultModels
-from tests.training.shared_data import needs_shared_data
-from training.data import (
-    IGNORE_INDEX,
-    Batches,
-    ChatTemplate,
+from tests.helpers.data import needs_shared_data
+from tests.helpers.models import DefaultModels
+from training.batches import IGNORE_INDEX, PackedBatches
+from training.data import chat_data, read_chat_data, text_data
+from training.finetune import SHARED_DATA
+from training.identity import claims_other_identity, clean_identity
+from training.loss_mask import ChatTemplate, TokenizedExample, encode_chat, encode_chats
+from training.new_vocabulary import train_bpe
+from training.packing import pack_examples
+from training.readers import (
     Conversation,
     DataError,
     Example,
-    TokenizedExample,
-    chat_data,
-    claims_other_identity,
-    clean_identity,
-    content_key,
-    encode_chat,
-    encode_chats,
-    is_held_out,
-    pack_examples,
-    read_chat_data,
     read_chat_file,
     read_chatterbot,
     read_cleo_export,
     read_fastchat,
     read_gpteacher,
-    split_examples,
-    text_data,
 )
-from training.finetune import SHARED_DATA
-from training.tokenizer import Tokenizer, train_bpe
+from training.split import content_key, is_held_out, split_examples
+from training.tokenizer import Tokenizer
 
 DATA = SHARED_DATA
 ROOT = Path(__file__).resolve().parents[2]
@@ -301,7 +294,7 @@ def test_the_loss_mask_is_exactly_the_assistant_messages(which: str, request: py
 
 
 @needs_shared_data
-def test_rendering_and_tokens_equal_the_engine_s(smollm: Tokenizer, dense_model: ChatModel,
+def test_rendering_and_tokens_equal_the_engine_s(smollm: Tokenizer, dense_model: LlamaChatModel,
                                                  shared: dict[str, list[Example]]) -> None:
     template = ChatTemplate.for_tokenizer(smollm)
     for example in _sample(shared, per_file=5):
@@ -367,7 +360,7 @@ def test_packed_rows_and_batches_have_the_promised_shapes(encoded: list[Tokenize
     assert n < len(encoded) / 2  # several short chats share a row
     assert _all_examples_once(rows.tokens, rows.segments) == sorted(e.ids for e in encoded)
     assert int(rows.targets.sum()) == sum(sum(e.targets) for e in encoded)
-    batch = Batches(rows, batch_size=4, seed=0).batch(0)
+    batch = PackedBatches(rows, batch_size=4, seed=0).batch(0)
     assert set(batch) == {"input_ids", "labels", "position_ids", "segment_ids"}
     for tensor in batch.values():
         assert tensor.shape == (4, 2048) and tensor.dtype == torch.int64
@@ -414,9 +407,9 @@ def test_the_held_out_split_is_fixed_disjoint_and_seeded(shared: dict[str, list[
     assert {e.id for e in other_seed} != {e.id for e in held_out}
 
 
-def _batches(n_rows: int = 37, seq_len: int = 16, batch_size: int = 4) -> Batches:
+def _batches(n_rows: int = 37, seq_len: int = 16, batch_size: int = 4) -> PackedBatches:
     examples = [TokenizedExample([i, *range(100, 100 + seq_len)], [False, *[True] * seq_len]) for i in range(n_rows)]
-    return Batches(pack_examples(examples, seq_len, pad_id=0, seed=3), batch_size, seed=5)
+    return PackedBatches(pack_examples(examples, seq_len, pad_id=0, seed=3), batch_size, seed=5)
 
 
 def test_a_batch_is_fixed_by_seed_step_rank_and_world_size() -> None:
@@ -427,8 +420,8 @@ def test_a_batch_is_fixed_by_seed_step_rank_and_world_size() -> None:
     ranks = [set(batches.row_indices(3, rank, 2).tolist()) for rank in range(2)]
     assert not ranks[0] & ranks[1]
     # The same global batch (B * W = 8) on one process or two reads the same rows.
-    assert ranks[0] | ranks[1] == set(Batches(batches.rows, 8, seed=5).row_indices(3).tolist())
-    assert not torch.equal(Batches(batches.rows, 4, seed=6).batch(3)["input_ids"], batches.batch(3)["input_ids"])
+    assert ranks[0] | ranks[1] == set(PackedBatches(batches.rows, 8, seed=5).row_indices(3).tolist())
+    assert not torch.equal(PackedBatches(batches.rows, 4, seed=6).batch(3)["input_ids"], batches.batch(3)["input_ids"])
 
 
 def test_resuming_at_a_step_gives_the_batch_the_run_had() -> None:
@@ -452,7 +445,7 @@ _OTHER_PROCESS = """
 import hashlib, json, sys
 sys.path.insert(0, sys.argv[1])
 from tests.training.test_data import _batches
-from training.data import is_held_out
+from training.split import is_held_out
 texts = json.loads(sys.argv[2])
 held = [is_held_out([{"role": "user", "content": t}], fraction=0.5, seed=7) for t in texts]
 batch = _batches().batch(4, 1, 3)

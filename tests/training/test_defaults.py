@@ -11,7 +11,7 @@ import pytest
 
 from engine.errors import DownloadFailed
 from engine.paths import default_chat_model, default_embedding_model, folders
-from tests.conftest import DefaultModels
+from tests.helpers.models import DefaultModels
 from training import defaults
 
 

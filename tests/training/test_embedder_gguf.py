@@ -11,8 +11,8 @@ import pytest
 from safetensors.numpy import load as load_safetensors
 from tokenizers import Tokenizer
 
-from engine.llama_backend import Embedder
-from tests.conftest import DefaultModels
+from engine.runtime.embedder import Embedder
+from tests.helpers.models import DefaultModels
 
 TEXTS = [
     "cat",

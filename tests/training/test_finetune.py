@@ -7,8 +7,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from tests.conftest import DefaultModels
-from tests.training.shared_data import needs_shared_data
+from tests.helpers.data import needs_shared_data
+from tests.helpers.models import DefaultModels
 from training.data import chat_data
 from training.evaluate import gguf_perplexity
 from training.finetune import SHARED_DATA, TrainingBatches

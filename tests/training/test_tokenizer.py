@@ -12,19 +12,13 @@ import yaml  # type: ignore[import-untyped]
 from gguf import GGUFWriter
 
 from engine.errors import ModelFileInvalid
-from engine.gguf_header import read_header
-from engine.llama_backend import ChatModel
-from tests.conftest import DefaultModels, write_tiny_gguf
-from tests.training.shared_data import needs_shared_data
+from engine.models.gguf_header import read_header
+from engine.runtime.chat_model import LlamaChatModel
+from tests.helpers.data import needs_shared_data
+from tests.helpers.models import DefaultModels, write_tiny_gguf
 from training.finetune import SHARED_DATA
-from training.tokenizer import (
-    CHATML_SPECIAL_TOKENS,
-    CHATML_TEMPLATE,
-    MAX_TOKEN_BYTES,
-    Tokenizer,
-    UnsupportedTokenizer,
-    train_bpe,
-)
+from training.new_vocabulary import train_bpe
+from training.tokenizer import CHATML_SPECIAL_TOKENS, CHATML_TEMPLATE, MAX_TOKEN_BYTES, Tokenizer, UnsupportedTokenizer
 
 DATA = SHARED_DATA
 
@@ -107,7 +101,7 @@ def test_there_are_enough_test_strings() -> None:
     assert len(set(STRINGS)) >= 1000
 
 
-def test_token_ids_equal_llama_cpp_on_smollm2(smollm: Tokenizer, dense_model: ChatModel) -> None:
+def test_token_ids_equal_llama_cpp_on_smollm2(smollm: Tokenizer, dense_model: LlamaChatModel) -> None:
     tokenize = dense_model.tokenize
     different = [s for s in STRINGS if smollm.encode(s) != tokenize(s, add_start=False)]
     assert different == [], f"{len(different)} of {len(STRINGS)} strings differ, e.g. {different[:3]!r}"
@@ -122,7 +116,7 @@ def test_without_special_tokens_their_spelling_is_text_as_in_llama_cpp(smollm: T
     assert len(smollm.encode("<|im_end|>", special=False)) > 1
 
 
-def test_decoding_round_trips_and_equals_llama_cpp(smollm: Tokenizer, dense_model: ChatModel) -> None:
+def test_decoding_round_trips_and_equals_llama_cpp(smollm: Tokenizer, dense_model: LlamaChatModel) -> None:
     detokenize = dense_model.detokenize
     compared = 0
     for s in STRINGS:
@@ -136,7 +130,8 @@ def test_decoding_round_trips_and_equals_llama_cpp(smollm: Tokenizer, dense_mode
     assert compared >= 1000
 
 
-def test_llama_cpp_python_drops_tokens_over_32_bytes_in_detokenize(smollm: Tokenizer, dense_model: ChatModel) -> None:
+def test_llama_cpp_python_drops_tokens_over_32_bytes_in_detokenize(smollm: Tokenizer,
+                                                                    dense_model: LlamaChatModel) -> None:
     # Why train_bpe caps its tokens: SmolLM2 has 47 such tokens (runs of spaces, dashes), and
     # llama-cpp-python's detokenize() prints nothing for them.
     long = [i for i in range(smollm.vocab_size) if len(smollm.token_bytes(i)) > 32]

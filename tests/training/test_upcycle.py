@@ -9,7 +9,7 @@ import pytest
 from gguf import GGUFReader
 
 from engine.errors import ModelFileInvalid
-from tests.conftest import DefaultModels
+from tests.helpers.models import DefaultModels
 from training.defaults import CLEO_MOE_CARD
 from training.upcycle import upcycle_gguf
 

@@ -1,0 +1,41 @@
+"""The status line under the window: which model is loaded and where, how fast it writes, context used."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from PySide6.QtWidgets import QLabel, QProgressBar, QStatusBar
+
+if TYPE_CHECKING:
+    from engine import ModelState, Usage
+
+
+class StatusLine(QStatusBar):
+    def __init__(self) -> None:
+        super().__init__()
+        self.model_label = QLabel(self.tr("Loading the model…"))
+        self.device_label = QLabel()
+        self.speed_label = QLabel()
+        self.context_gauge = QProgressBar()
+        self.context_gauge.setMaximumWidth(160)
+        self.context_gauge.setFormat(self.tr("context %v / %m"))
+        self.context_gauge.setAccessibleName(self.tr("Context used"))
+        for widget in (self.model_label, self.device_label, self.speed_label):
+            self.addWidget(widget)
+        self.addPermanentWidget(self.context_gauge)
+
+    def show_model(self, state: ModelState) -> None:
+        """A model was loaded: its name and device, and an empty context."""
+        self.model_label.setText(state.name)
+        self.device_label.setText(state.device)
+        self.context_gauge.setRange(0, state.context_size)
+        self.context_gauge.setValue(0)
+
+    def show_no_model(self) -> None:
+        self.model_label.setText(self.tr("No model loaded"))
+
+    def show_usage(self, usage: Usage) -> None:
+        """The last reply's speed, and how much of the context the chat now fills."""
+        self.speed_label.setText(self.tr("%1 tokens/s").replace("%1", f"{usage.tokens_per_s:.1f}"))
+        self.context_gauge.setRange(0, usage.context_size)
+        self.context_gauge.setValue(usage.context_used)

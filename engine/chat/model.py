@@ -1,0 +1,69 @@
+"""The seam between a turn and the model that writes it: what the assistant and the prompt use.
+
+`engine.runtime.chat_model.LlamaChatModel` is the real one (llama.cpp on a GGUF file). Tests whose
+point is the Session, the prompt or the window pass a scripted model through the same seam;
+tests whose point is llama.cpp use the real one.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol
+
+if TYPE_CHECKING:
+    from engine.chat.kv_cache import KvSnapshot
+    from engine.runtime.chat_model import ReplyStats
+    from engine.runtime.sampling import Sampling
+    from engine.settings import Settings
+
+
+class ChatModel(Protocol):
+    path: Path
+    device: str  # "CPU", or where on the GPU it runs
+    notices: list[str]  # what the user must hear about how it was loaded (e.g. a CPU fallback)
+
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def context_size(self) -> int: ...
+
+    @property
+    def cached_tokens(self) -> tuple[int, ...]:
+        """The tokens whose keys and values the model holds, from position 0."""
+        ...
+
+    def tokenize(self, text: str, *, add_start: bool = True) -> list[int]: ...
+
+    def detokenize(self, tokens: Sequence[int]) -> str: ...
+
+    def chat_tokens(self, messages: Sequence[dict[str, str]]) -> list[int]:
+        """The tokens the model reads for `messages` (its chat template), ending where its reply begins."""
+        ...
+
+    def stream(self, prompt: Sequence[int], sampling: Sampling, stop: threading.Event | None = None,
+               stats: ReplyStats | None = None) -> Iterator[str]:
+        """The reply's text piece by piece; setting `stop` ends it within one token."""
+        ...
+
+    def complete_json(self, messages: Sequence[dict[str, str]], schema: dict[str, Any]) -> Any: ...
+
+    def snapshot(self) -> KvSnapshot: ...
+
+    def restore(self, snapshot: KvSnapshot) -> bool: ...
+
+    def close(self) -> None: ...
+
+
+# How a Session loads a chat model: the file, and the settings that size it.
+ModelLoader = Callable[[Path, "Settings"], ChatModel]
+
+
+def load_llama_model(path: Path, settings: Settings) -> ChatModel:
+    """The real model: llama.cpp on the GGUF file at `path`."""
+    from engine.runtime.chat_model import LlamaChatModel
+
+    return LlamaChatModel(path, context_size=settings.context_size, threads=settings.threads or None,
+                          gpu_layers=settings.gpu_layers)

@@ -1,0 +1,173 @@
+"""Turns from every frontend, written one at a time by the one loaded model, in a fair order.
+
+A llama.cpp context belongs to one thread (docs/ARCHITECTURE.md, decision 2), but the window, the
+terminal and the local API may all want a reply at once. Each asks by submitting a turn; the
+thread that owns the model calls `step` to write the running turn a little further, starting
+the next one when it ends. The next turn comes from the frontend served least recently, so one
+frontend that sends many requests cannot starve another; within a frontend, first come first
+served.
+
+A frontend on the model's own thread reads the events `step` returns. One on another thread
+(the API) reads its ticket's `events()`, which the queue fills as they happen.
+"""
+
+from __future__ import annotations
+
+import itertools
+import queue
+import threading
+from collections import deque
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+from engine.chat.assistant import Turn
+from engine.errors import Busy
+from engine.events import Event
+
+_ENDED = None  # put in a ticket's channel after its last event
+
+
+class TurnTicket:
+    """One frontend's turn: waiting for the model, being written, or ended."""
+
+    def __init__(self, number: int, frontend: str, conversation_id: str,
+                 start: Callable[[threading.Event], Turn]) -> None:
+        self.number = number
+        self.frontend = frontend
+        self.conversation_id = conversation_id
+        self.stop_requested = threading.Event()  # set from any thread; the turn ends within one token
+        self.ended = threading.Event()
+        self._start = start
+        self._turn: Turn | None = None
+        self._channel: queue.SimpleQueue[Event | None] = queue.SimpleQueue()
+
+    def stop(self) -> None:
+        """End this turn within one token, or before it starts if it is still waiting; any thread."""
+        self.stop_requested.set()
+
+    def events(self, timeout: float | None = None) -> Iterator[Event]:
+        """This turn's events as they happen, for a frontend on another thread than the model's.
+        `timeout` bounds the wait for each event (queue.Empty when it passes)."""
+        while (event := self._channel.get(timeout=timeout)) is not _ENDED:
+            yield event
+
+    def _next(self) -> Event | None:
+        if self._turn is None:
+            self._turn = self._start(self.stop_requested)
+        try:
+            return next(self._turn)
+        except StopIteration:
+            return None
+
+    def _close(self) -> None:
+        if self._turn is not None:
+            self._turn.close()  # a turn closed early keeps its reply so far, as stopped
+        self.ended.set()
+        self._channel.put(_ENDED)
+
+
+@dataclass(frozen=True)
+class Step:
+    """What one call to `TurnQueue.step` produced."""
+
+    events: tuple[tuple[TurnTicket, Event], ...]
+    ended: tuple[TurnTicket, ...]
+
+
+class TurnQueue:
+    def __init__(self, *, limit: int = 32) -> None:
+        self.limit = limit  # waiting turns at most; more is refused with `Busy`
+        self._lock = threading.Lock()
+        self._work = threading.Condition(self._lock)
+        self._waiting: dict[str, deque[TurnTicket]] = {}  # per frontend, in the order they were sent
+        self._served: list[str] = []  # frontends, least recently served first
+        self._running: TurnTicket | None = None
+        self._numbers = itertools.count(1)
+        self.on_submitted: Callable[[], None] = lambda: None  # wakes the model's thread; called on the caller's
+
+    def submit(self, frontend: str, conversation_id: str, start: Callable[[threading.Event], Turn]) -> TurnTicket:
+        """Queue a turn; `start(stop)` makes its events on the model's thread when its time comes."""
+        with self._lock:
+            if self._count() >= self.limit:
+                raise Busy(f"{self.limit} replies are already waiting for the model.",
+                           hint="Try again when some of them are written.")
+            ticket = TurnTicket(next(self._numbers), frontend, conversation_id, start)
+            self._waiting.setdefault(frontend, deque()).append(ticket)
+            if frontend not in self._served:
+                self._served.append(frontend)
+            self._work.notify_all()
+        self.on_submitted()
+        return ticket
+
+    @property
+    def running(self) -> TurnTicket | None:
+        return self._running
+
+    def busy(self, frontend: str | None = None) -> bool:
+        """Whether a turn (of `frontend`, or of anyone) is running or waiting."""
+        with self._lock:
+            tickets = [self._running, *itertools.chain.from_iterable(self._waiting.values())]
+            return any(t is not None and (frontend is None or t.frontend == frontend) for t in tickets)
+
+    def writing_in(self, conversation_id: str) -> bool:
+        """Whether a turn in this conversation is running or waiting."""
+        with self._lock:
+            tickets = [self._running, *itertools.chain.from_iterable(self._waiting.values())]
+            return any(t is not None and t.conversation_id == conversation_id for t in tickets)
+
+    def wait_for_work(self, timeout: float) -> bool:
+        """Block the model's thread until a turn is waiting (True) or `timeout` passes (False)."""
+        with self._work:
+            return self._work.wait_for(lambda: self._running is not None or self._count() > 0, timeout)
+
+    def step(self, seconds: float, clock: Callable[[], float]) -> Step:
+        """On the model's thread: write turns for about `seconds` (at least one event), starting the
+        next turn when one ends. Every event also goes to its ticket's `events()`."""
+        deadline = clock() + seconds
+        events: list[tuple[TurnTicket, Event]] = []
+        ended: list[TurnTicket] = []
+        while (ticket := self._running or self._start_next()) is not None:
+            try:
+                event = None if ticket.stop_requested.is_set() and ticket._turn is None else ticket._next()
+            except BaseException:
+                self._end(ticket)  # a bug in the turn: it ends, and the next one can still run
+                raise
+            if event is None:
+                self._end(ticket)
+                ended.append(ticket)
+            else:
+                ticket._channel.put(event)
+                events.append((ticket, event))
+            if clock() >= deadline:
+                break
+        return Step(tuple(events), tuple(ended))
+
+    def close(self) -> None:
+        """Stop every turn (the running one keeps its reply so far); for closing the profile."""
+        with self._lock:
+            tickets = [self._running, *itertools.chain.from_iterable(self._waiting.values())]
+            self._waiting.clear()
+            self._running = None
+        for ticket in tickets:
+            if ticket is not None:
+                ticket.stop()
+                ticket._close()
+
+    def _start_next(self) -> TurnTicket | None:
+        with self._lock:
+            for frontend in self._served:
+                if self._waiting.get(frontend):
+                    self._running = self._waiting[frontend].popleft()
+                    self._served.remove(frontend)
+                    self._served.append(frontend)  # served now: the others go first next time
+                    return self._running
+        return None
+
+    def _end(self, ticket: TurnTicket) -> None:
+        with self._lock:
+            if self._running is ticket:
+                self._running = None
+        ticket._close()
+
+    def _count(self) -> int:
+        return sum(len(waiting) for waiting in self._waiting.values())

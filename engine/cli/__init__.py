@@ -1,0 +1,1 @@
+"""Cleo's terminal commands (`cleo chat`, `cleo memory ...`, `cleo import/export`), without Qt."""

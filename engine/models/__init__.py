@@ -1,0 +1,1 @@
+"""Model files: the GGUF header reader, the catalog of local models, downloads and the memory fit."""

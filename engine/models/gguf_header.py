@@ -1,0 +1,238 @@
+"""A careful reader of GGUF headers: metadata and tensor table, never the weights.
+
+Cleo reads every file a user points it at before llama.cpp sees it, so this reader assumes the
+file may be anything: empty, text, random bytes, truncated, or a header whose counts and sizes
+are absurd. Every count is checked against the bytes that remain before anything is allocated,
+and every failure is a `ModelFileInvalid` naming the file and the problem. Large arrays (the
+vocabulary, merges) are skipped over, keeping only their length, unless the caller needs them
+(training reads the vocabulary from here too): the one reader of GGUF metadata in Cleo.
+"""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, BinaryIO
+
+from gguf import GGML_QUANT_SIZES, GGMLQuantizationType, GGUFValueType
+
+from engine.errors import ModelFileInvalid, ModelMissing
+
+MAGIC = b"GGUF"
+SUPPORTED_VERSIONS = (2, 3)
+MAX_DIMS = 4  # GGML_MAX_DIMS
+KEPT_ARRAY_LENGTH = 64  # longer arrays are skipped unless asked for; every array's length is in `array_lengths`
+_DEFAULT_ALIGNMENT = 32
+
+# GGUF value type id -> struct format of one scalar (8 string, 9 array handled apart).
+_SCALARS = {0: "<B", 1: "<b", 2: "<H", 3: "<h", 4: "<I", 5: "<i", 6: "<f", 7: "<?", 10: "<Q", 11: "<q", 12: "<d"}
+_STRING, _ARRAY = 8, 9
+_KNOWN_TYPES = {*_SCALARS, _STRING, _ARRAY}
+
+
+@dataclass(frozen=True)
+class TensorInfo:
+    name: str
+    shape: tuple[int, ...]  # GGUF order: fastest-varying dimension first
+    type: GGMLQuantizationType
+    offset: int  # from the start of the tensor data section
+    n_bytes: int
+
+    @property
+    def n_elements(self) -> int:
+        count = 1
+        for dim in self.shape:
+            count *= dim
+        return count
+
+
+ValueType = tuple[GGUFValueType, GGUFValueType | None]  # a value's GGUF type, and its items' for an array
+
+
+@dataclass(frozen=True)
+class GGUFHeader:
+    path: Path
+    version: int
+    metadata: dict[str, Any]  # key -> str, int, float, bool, or a list of one of them
+    array_lengths: dict[str, int] = field(default_factory=dict)
+    tensors: tuple[TensorInfo, ...] = ()
+    data_offset: int = 0
+    file_size: int = 0
+    # Every key's exact type, skipped arrays included: llama.cpp checks the types of many keys (token
+    # ids are UINT32, token types INT32), so a file written from this metadata must keep them.
+    value_types: dict[str, ValueType] = field(default_factory=dict)
+
+
+class _Cursor:
+    """Bounded reads from a file; running past the end is a clear error, not a short read."""
+
+    def __init__(self, f: BinaryIO, size: int, path: Path) -> None:
+        self.f, self.size, self.path = f, size, path
+        self.pos = f.tell()  # counted here: asking the file on every read doubled the time to read a vocabulary
+
+    @property
+    def remaining(self) -> int:
+        return self.size - self.pos
+
+    def read(self, n: int, what: str) -> bytes:
+        self._require(n, what)
+        self.pos += n
+        return self.f.read(n)
+
+    def read_at_most(self, n: int) -> bytes:
+        data = self.f.read(n)
+        self.pos += len(data)
+        return data
+
+    def scalar(self, fmt: str, what: str) -> Any:
+        return struct.unpack(fmt, self.read(struct.calcsize(fmt), what))[0]
+
+    def string(self, what: str) -> str:
+        length = self.scalar("<Q", what)
+        return self.read(length, what).decode("utf-8", errors="replace")
+
+    def skip(self, n: int, what: str) -> None:
+        self._require(n, what)
+        self.pos += n
+        self.f.seek(n, 1)
+
+    def _require(self, n: int, what: str) -> None:
+        if n > self.remaining:
+            raise self.invalid(f"the file ends inside its header (while reading {what}); it may be truncated")
+
+    def invalid(self, problem: str) -> ModelFileInvalid:
+        return ModelFileInvalid(f"{self.path} is not a usable model file: {problem}.",
+                                hint="Download the file again, or choose another model.")
+
+
+def read_header(path: Path, *, skip_long_arrays: bool = True) -> GGUFHeader:
+    """The metadata and tensor table of the GGUF file at `path`, fully bounds-checked.
+
+    Arrays longer than `KEPT_ARRAY_LENGTH` are skipped (only their length is kept) unless
+    `skip_long_arrays` is False: a 49k-token vocabulary and its merges take a noticeable time to
+    read, and nothing but training needs them.
+    """
+    if not path.exists():
+        raise ModelMissing(f"The model file {path} does not exist.", hint="Check the path, or choose another model.")
+    if path.is_dir():
+        raise ModelFileInvalid(f"{path} is a folder, not a model file.", hint="Choose a .gguf file inside it.")
+    size = path.stat().st_size
+    with path.open("rb") as f:
+        cursor = _Cursor(f, size, path)
+        if size == 0:
+            raise cursor.invalid("the file is empty")
+        magic = cursor.read_at_most(len(MAGIC))
+        if magic != MAGIC:
+            raise cursor.invalid("it does not start with the GGUF signature (it is not a GGUF model)")
+        version = cursor.scalar("<I", "the version")
+        if version not in SUPPORTED_VERSIONS:
+            raise cursor.invalid(f"GGUF version {version} is not supported (supported: "
+                                 f"{', '.join(map(str, SUPPORTED_VERSIONS))})")
+        n_tensors = cursor.scalar("<Q", "the tensor count")
+        n_keys = cursor.scalar("<Q", "the metadata count")
+        # Each key needs at least 8 + 4 bytes and each tensor entry at least 8 + 4 + 4 + 8.
+        if n_keys * 12 > cursor.remaining or n_tensors * 24 > cursor.remaining:
+            raise cursor.invalid(f"its header claims {n_keys} metadata entries and {n_tensors} tensors, "
+                                 "more than the file can hold (it is truncated or damaged)")
+        metadata, lengths, types = _read_metadata(cursor, n_keys, skip_long_arrays)
+        tensors = tuple(_read_tensor_info(cursor) for _ in range(n_tensors))
+        alignment = metadata.get("general.alignment", _DEFAULT_ALIGNMENT)
+        if not isinstance(alignment, int) or alignment <= 0 or alignment & (alignment - 1):
+            raise cursor.invalid(f"general.alignment is {alignment!r}, not a power of two")
+        data_offset = -(-f.tell() // alignment) * alignment
+    header = GGUFHeader(path, version, metadata, lengths, tensors, data_offset, size, types)
+    _check_tensor_data(header, cursor)
+    return header
+
+
+def _read_metadata(cursor: _Cursor, n_keys: int,
+                   skip_long_arrays: bool) -> tuple[dict[str, Any], dict[str, int], dict[str, ValueType]]:
+    metadata: dict[str, Any] = {}
+    lengths: dict[str, int] = {}
+    types: dict[str, ValueType] = {}
+    for _ in range(n_keys):
+        key = cursor.string("a metadata key")
+        value_type = cursor.scalar("<I", f"the type of {key}")
+        if value_type == _ARRAY:
+            item_type = cursor.scalar("<I", f"the item type of {key}")
+            count = cursor.scalar("<Q", f"the length of {key}")
+            lengths[key] = count
+            if count <= KEPT_ARRAY_LENGTH or not skip_long_arrays:
+                metadata[key] = _read_array(cursor, item_type, count, key)
+            else:
+                _skip_values(cursor, item_type, count, key)
+            # An empty array's item type is never used, so an unknown one is let through there.
+            types[key] = (GGUFValueType.ARRAY, GGUFValueType(item_type) if item_type in _KNOWN_TYPES else None)
+        else:
+            metadata[key] = _read_value(cursor, value_type, key)
+            types[key] = (GGUFValueType(value_type), None)
+    return metadata, lengths, types
+
+
+def _read_value(cursor: _Cursor, value_type: int, key: str) -> Any:
+    if value_type == _STRING:
+        return cursor.string(key)
+    if value_type in _SCALARS:
+        return cursor.scalar(_SCALARS[value_type], key)
+    raise cursor.invalid(f"metadata entry {key} has unknown value type {value_type}")
+
+
+def _read_array(cursor: _Cursor, item_type: int, count: int, key: str) -> list[Any]:
+    if count == 0:
+        return []
+    if item_type in _SCALARS:  # numbers in one read: a vocabulary's token types are ~50k of them
+        fmt = _SCALARS[item_type]
+        data = cursor.read(count * struct.calcsize(fmt), key)
+        return list(struct.unpack(f"<{count}{fmt[1:]}", data))
+    if item_type == _STRING:
+        _check_string_count(cursor, count, key)
+        return [cursor.string(key) for _ in range(count)]
+    raise cursor.invalid(f"metadata entry {key} is an array of unsupported type {item_type}")
+
+
+def _check_string_count(cursor: _Cursor, count: int, key: str) -> None:
+    # Each string needs at least its 8-byte length, so an absurd count fails before the loop.
+    if count * 8 > cursor.remaining:
+        raise cursor.invalid(f"metadata entry {key} claims {count} strings, more than the file can hold")
+
+
+def _skip_values(cursor: _Cursor, item_type: int, count: int, key: str) -> None:
+    if item_type in _SCALARS:
+        cursor.skip(count * struct.calcsize(_SCALARS[item_type]), key)
+    elif item_type == _STRING:
+        _check_string_count(cursor, count, key)
+        for _ in range(count):
+            cursor.skip(cursor.scalar("<Q", key), key)
+    else:
+        raise cursor.invalid(f"metadata entry {key} is an array of unsupported type {item_type}")
+
+
+def _read_tensor_info(cursor: _Cursor) -> TensorInfo:
+    name = cursor.string("a tensor name")
+    n_dims = cursor.scalar("<I", f"the dimensions of {name}")
+    if not 1 <= n_dims <= MAX_DIMS:
+        raise cursor.invalid(f"tensor {name} has {n_dims} dimensions (at most {MAX_DIMS} are possible)")
+    shape = tuple(cursor.scalar("<Q", f"the shape of {name}") for _ in range(n_dims))
+    type_id = cursor.scalar("<I", f"the type of {name}")
+    offset = cursor.scalar("<Q", f"the offset of {name}")
+    try:
+        tensor_type = GGMLQuantizationType(type_id)
+        block, block_bytes = GGML_QUANT_SIZES[tensor_type]
+    except (ValueError, KeyError):
+        raise cursor.invalid(f"tensor {name} has unknown data type {type_id}") from None
+    if shape[0] % block:
+        raise cursor.invalid(f"tensor {name}'s rows ({shape[0]}) do not fill whole {tensor_type.name} blocks")
+    n_bytes = shape[0] // block * block_bytes
+    for dim in shape[1:]:
+        n_bytes *= dim
+    return TensorInfo(name, shape, tensor_type, offset, n_bytes)
+
+
+def _check_tensor_data(header: GGUFHeader, cursor: _Cursor) -> None:
+    end = header.data_offset
+    for tensor in header.tensors:
+        end = max(end, header.data_offset + tensor.offset + tensor.n_bytes)
+    if end > header.file_size:
+        raise cursor.invalid(f"its tensors need {end} bytes but the file has {header.file_size}; "
+                             "the download was probably cut off")

@@ -1,0 +1,307 @@
+"""A chat model in llama.cpp: generation that keeps the conversation's tokens cached between replies.
+
+`LlamaChatModel` renders chats with the model's own template, streams replies token by token
+(stoppable within one token, or while reading a long prompt), reuses the cached prefix a new
+prompt shares with the last one, and sets a conversation's cache aside and back (`snapshot`,
+`restore`). Like every `Llama` object it belongs to the thread that created it.
+"""
+
+from __future__ import annotations
+
+import codecs
+import ctypes
+import json
+import threading
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import llama_cpp
+import numpy as np
+
+from engine.chat.kv_cache import KvSnapshot, common_prefix
+from engine.errors import ContextFull, GenerationFailed, ModelFileInvalid
+from engine.models.catalog import read_model_info
+from engine.models.fit import Gpu, check_fits, plan_gpu_layers
+from engine.runtime.chat_template import ChatTemplate
+from engine.runtime.llama import default_threads, gpus, load_gguf, physical_cores
+from engine.runtime.sampling import Sampling, json_grammar, sampler_chain
+
+# Used when a model carries no chat template of its own.
+_CHATML = (
+    "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+_SAMPLE_CHAT = [{"role": "system", "content": "s"}, {"role": "user", "content": "u"},
+                {"role": "assistant", "content": "a"}, {"role": "user", "content": "u"}]
+_NO_ABORT = llama_cpp.ggml_abort_callback()  # a null callback: nothing to check
+
+
+@dataclass
+class ReplyStats:
+    """What one reply cost, filled in while it streams."""
+
+    prompt_tokens: int = 0
+    cached_tokens: int = 0  # of the prompt, reused from the cache instead of computed
+    completion_tokens: int = 0
+    finish_reason: str = ""  # "stop" (the model ended), "length" (token limit), "stopped" (the user)
+
+
+class LlamaChatModel:
+    """A chat model loaded for generation, with the conversation's context kept between replies.
+
+    llama.cpp's KV cache holds the tokens of the last prompt and reply (`cached_tokens`). A new
+    prompt that starts with the same tokens only computes what is new, and `snapshot`/`restore`
+    move one conversation's cache aside and back.
+    """
+
+    def __init__(
+        self,
+        path: Path,
+        *,
+        context_size: int = 4096,
+        threads: int | None = None,
+        gpu_layers: int = -1,
+        gpus_found: Sequence[Gpu] | None = None,
+        loader: Callable[..., llama_cpp.Llama] | None = None,
+    ) -> None:
+        load = loader or load_gguf
+        self.path = path
+        self.info = read_model_info(path)  # validates the header before llama.cpp sees the file
+        template_source = self.info.chat_template or _CHATML
+        # Render a small conversation now, so a template that fails does so before llama.cpp loads
+        # the file rather than in the middle of a chat.
+        ChatTemplate(template_source, origin=str(path)).render(_SAMPLE_CHAT, add_generation_prompt=True)
+        plan = plan_gpu_layers(self.info, context_size, gpu_layers, gpus() if gpus_found is None else gpus_found)
+        self.notices = [plan.notice] if plan.notice else []  # what the user must hear about this load
+        self.device = plan.device
+        if plan.layers == 0:
+            check_fits(self.info, context_size)
+        # Generation leaves a core for the GUI; reading a prompt is short and uses every core.
+        # A thread count the user (or a test) sets applies to both.
+        params = {"n_ctx": context_size, "n_threads": threads or default_threads(),
+                  "n_threads_batch": threads or physical_cores()}
+        try:
+            self._llm = load(path, n_gpu_layers=plan.layers, **params)
+        except ModelFileInvalid as exc:
+            if plan.layers == 0:
+                raise
+            # A failed GPU load (driver, memory) is retried on the CPU, and the user is told why.
+            check_fits(self.info, context_size)
+            self._llm = load(path, n_gpu_layers=0, **params)
+            self.device = "CPU"
+            self.notices.append(f"{path.name} runs on the CPU, which is slower: loading it on the GPU failed. "
+                                f"{exc.message}")
+        self._ctx = self._llm.ctx
+        self._vocab = llama_cpp.llama_model_get_vocab(self._llm.model)
+        self._memory = llama_cpp.llama_get_memory(self._ctx)
+        self._n_vocab = int(self._llm.n_vocab())
+        self._cached: list[int] = []  # tokens whose keys and values are in the cache, from position 0
+        self._stop_prefill: threading.Event | None = None
+        self._abort = llama_cpp.ggml_abort_callback(self._should_abort)  # kept alive with the model
+        self._piece = ctypes.create_string_buffer(256)
+        self._bos_text = self._token_text(self._llm.token_bos())
+        self._eos_text = self._token_text(self._llm.token_eos())
+        self._template = ChatTemplate(template_source, bos_token=self._bos_text, eos_token=self._eos_text,
+                                      origin=str(path))
+
+    @property
+    def context_size(self) -> int:
+        return int(self._llm.n_ctx())
+
+    @property
+    def name(self) -> str:
+        return self.info.name
+
+    @property
+    def metadata(self) -> dict[str, str]:
+        """The GGUF metadata as llama.cpp read it (values are strings)."""
+        return dict(self._llm.metadata)
+
+    @property
+    def cached_tokens(self) -> tuple[int, ...]:
+        return tuple(self._cached)
+
+    def tokenize(self, text: str, *, add_start: bool = True) -> list[int]:
+        """Token ids of `text`, special tokens included, with the model's start token (if it uses
+        one) unless `text` already begins with it."""
+        add_start = add_start and not (self._bos_text and text.startswith(self._bos_text))
+        return list(self._llm.tokenize(text.encode("utf-8"), add_bos=add_start, special=True))
+
+    def detokenize(self, tokens: Sequence[int]) -> str:
+        return self._llm.detokenize(list(tokens)).decode("utf-8", "replace")
+
+    def render_chat(self, messages: Sequence[dict[str, str]]) -> str:
+        """`messages` as the prompt text the model's own chat template makes of them."""
+        return self._template.render(messages, add_generation_prompt=True)
+
+    def chat_tokens(self, messages: Sequence[dict[str, str]]) -> list[int]:
+        """The exact tokens the model reads for `messages`, ending where its reply begins."""
+        return self.tokenize(self.render_chat(messages))
+
+    def count_chat_tokens(self, messages: Sequence[dict[str, str]]) -> int:
+        return len(self.chat_tokens(messages))
+
+    def _token_text(self, token: int) -> str:
+        return "" if token < 0 else self._llm.detokenize([token], special=True).decode("utf-8", "replace")
+
+    def next_token_logits(self, prompt: str) -> np.ndarray:
+        """Logits over the vocabulary for the token after `prompt`, evaluated from scratch."""
+        self.forget()
+        self._prefill(self.tokenize(prompt), None)
+        row = llama_cpp.llama_get_logits_ith(self._ctx, -1)
+        return np.ctypeslib.as_array(row, shape=(self._n_vocab,)).copy()  # [n_vocab]
+
+    def greedy_continuation(self, prompt: str, max_tokens: int) -> str:
+        """The most likely continuation of `prompt`, token by token (temperature 0)."""
+        sampling = Sampling(temperature=0.0, repeat_penalty=1.0, max_tokens=max_tokens)
+        return "".join(self.stream(self.tokenize(prompt), sampling))
+
+    def stream_chat(
+        self,
+        messages: Sequence[dict[str, str]],
+        sampling: Sampling,
+        stop: threading.Event | None = None,
+    ) -> Iterator[str]:
+        """Stream the assistant's reply to `messages` (rendered with the model's chat template)."""
+        return self.stream(self.chat_tokens(messages), sampling, stop)
+
+    def complete_json(self, messages: Sequence[dict[str, str]], schema: dict[str, Any], *,
+                      max_tokens: int = 256) -> Any:
+        """The model's answer to `messages` as JSON that follows `schema` (grammar-constrained, greedy).
+
+        Raises `GenerationFailed` when the answer is cut off by `max_tokens` before the JSON ends.
+        """
+        sampling = Sampling(temperature=0.0, repeat_penalty=1.0, max_tokens=max_tokens, grammar=json_grammar(schema))
+        text = "".join(self.stream(self.chat_tokens(messages), sampling))
+        try:
+            return json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise GenerationFailed(f"{self.path.name} did not finish its JSON answer within {max_tokens} tokens.",
+                                   hint="This is retried after a later turn.") from exc
+
+    def stream(
+        self,
+        prompt: Sequence[int],
+        sampling: Sampling,
+        stop: threading.Event | None = None,
+        stats: ReplyStats | None = None,
+    ) -> Iterator[str]:
+        """Stream the text that follows `prompt`, reusing the cached tokens it starts with.
+
+        Setting `stop` ends the reply within one token, or aborts reading a long prompt. The
+        tokens read and generated stay cached, so the next prompt continues from them.
+        """
+        stats = stats if stats is not None else ReplyStats()
+        if len(prompt) >= self.context_size:
+            raise ContextFull(f"The prompt has {len(prompt)} tokens; {self.path.name} reads at most "
+                              f"{self.context_size}.", hint="Start a new chat or raise the context size.")
+        stats.prompt_tokens = len(prompt)
+        stats.cached_tokens = self._prefill(prompt, stop)
+        if stats.cached_tokens < 0:
+            stats.cached_tokens, stats.finish_reason = 0, "stopped"
+            return
+        chain = sampler_chain(sampling, self._n_vocab, self._vocab)
+        decoder = codecs.getincrementaldecoder("utf-8")("replace")
+        one = (llama_cpp.llama_token * 1)()
+        batch = llama_cpp.llama_batch_get_one(one, 1)
+        try:
+            while True:
+                if stop is not None and stop.is_set():
+                    stats.finish_reason = "stopped"
+                    break
+                if stats.completion_tokens >= sampling.max_tokens or len(self._cached) >= self.context_size:
+                    stats.finish_reason = "length"
+                    break
+                token = llama_cpp.llama_sampler_sample(chain, self._ctx, -1)
+                if llama_cpp.llama_vocab_is_eog(self._vocab, token):
+                    stats.finish_reason = "stop"
+                    break
+                stats.completion_tokens += 1
+                text = decoder.decode(self._token_bytes(token))
+                if text:
+                    yield text
+                one[0] = token
+                self._decode(batch, 1)
+                self._cached.append(token)
+            tail = decoder.decode(b"", final=True)
+            if tail:
+                yield tail
+        finally:
+            llama_cpp.llama_sampler_free(chain)
+
+    def _prefill(self, prompt: Sequence[int], stop: threading.Event | None) -> int:
+        """Put `prompt` in the cache; the number of tokens reused, or -1 when `stop` interrupted."""
+        keep = min(common_prefix(self._cached, prompt), len(prompt) - 1)  # the last token is read again for its logits
+        self._forget_from(keep)
+        self._stop_prefill = stop
+        if stop is not None:
+            llama_cpp.llama_set_abort_callback(self._ctx, self._abort, None)
+        try:
+            n_batch = self._llm.n_batch
+            for start in range(keep, len(prompt), n_batch):
+                chunk = list(prompt[start:start + n_batch])
+                tokens = (llama_cpp.llama_token * len(chunk))(*chunk)
+                if not self._decode(llama_cpp.llama_batch_get_one(tokens, len(chunk)), len(chunk)):
+                    return -1
+                self._cached.extend(chunk)
+        finally:
+            if stop is not None:  # checked per graph node, so only while reading a prompt
+                llama_cpp.llama_set_abort_callback(self._ctx, _NO_ABORT, None)
+            self._stop_prefill = None
+        return keep
+
+    def _decode(self, batch: Any, n_tokens: int) -> bool:
+        """Run llama.cpp on `batch`; False when it was aborted by a stop request."""
+        status = llama_cpp.llama_decode(self._ctx, batch)
+        if status == 0:
+            return True
+        self._forget_from(len(self._cached))  # a failed or aborted batch may leave part of itself behind
+        if status == 2:
+            return False
+        raise GenerationFailed(f"llama.cpp could not process {n_tokens} tokens with {self.path.name} "
+                               f"(status {status}).", hint="Details are in the log file; try a new chat.")
+
+    def _should_abort(self, _data: ctypes.c_void_p) -> bool:
+        return self._stop_prefill is not None and self._stop_prefill.is_set()
+
+    def _token_bytes(self, token: int) -> bytes:
+        n = llama_cpp.llama_token_to_piece(self._vocab, token, self._piece, len(self._piece), 0, False)
+        if n < 0:  # the piece is longer than the buffer
+            self._piece = ctypes.create_string_buffer(-n)
+            n = llama_cpp.llama_token_to_piece(self._vocab, token, self._piece, len(self._piece), 0, False)
+        return self._piece.raw[:n]
+
+    def _forget_from(self, position: int) -> None:
+        """Drop cached tokens (and anything a failed batch left behind) from `position` on."""
+        if not llama_cpp.llama_memory_seq_rm(self._memory, 0, position, -1):
+            llama_cpp.llama_memory_clear(self._memory, True)  # some caches only drop whole sequences
+            position = 0
+        del self._cached[position:]
+
+    def forget(self) -> None:
+        """Empty the cache, so the next prompt is read from its start."""
+        self._forget_from(0)
+
+    def snapshot(self) -> KvSnapshot:
+        """A copy of the cache (tokens and their keys and values) that `restore` puts back."""
+        size = llama_cpp.llama_state_seq_get_size(self._ctx, 0)
+        data = bytearray(size)
+        view = (ctypes.c_uint8 * size).from_buffer(data)
+        written = llama_cpp.llama_state_seq_get_data(self._ctx, view, size, 0)
+        del view  # release the export so the bytearray can be frozen
+        return KvSnapshot(tokens=tuple(self._cached), data=bytes(data[:written]))
+
+    def restore(self, snapshot: KvSnapshot) -> bool:
+        """Replace the cache with `snapshot`; False (and an empty cache) if llama.cpp refuses it."""
+        self.forget()
+        buffer = (ctypes.c_uint8 * len(snapshot.data)).from_buffer_copy(snapshot.data)
+        if llama_cpp.llama_state_seq_set_data(self._ctx, buffer, len(snapshot.data), 0) == 0:
+            self.forget()
+            return False
+        self._cached = list(snapshot.tokens)
+        return True
+
+    def close(self) -> None:
+        self._llm.close()

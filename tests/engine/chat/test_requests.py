@@ -1,0 +1,121 @@
+"""The queue of turns that lets several frontends share one model: order, stopping, limits, bugs."""
+
+from __future__ import annotations
+
+import itertools
+import threading
+from collections.abc import Callable
+
+import pytest
+
+from engine.chat.assistant import Turn
+from engine.chat.requests import TurnQueue, TurnTicket
+from engine.errors import Busy
+from engine.events import Done, Event, Token
+
+_clock = itertools.count()
+
+
+def clock() -> float:
+    return float(next(_clock))  # every reading is a second later: one event per step
+
+
+def words(name: str, count: int = 2) -> Callable[[threading.Event], Turn]:
+    def start(stop: threading.Event) -> Turn:
+        for i in range(count):
+            if stop.is_set():
+                yield Done(name, "stopped")
+                return
+            yield Token(f"{name}.{i}")
+        yield Done(name, "stop")
+    return start
+
+
+def run_all(turns: TurnQueue) -> list[tuple[TurnTicket, Event]]:
+    events: list[tuple[TurnTicket, Event]] = []
+    while turns.busy():
+        events += turns.step(0.0, clock).events
+    return events
+
+
+def test_turns_are_written_one_at_a_time_taking_turns_between_frontends() -> None:
+    turns = TurnQueue()
+    for i in range(3):
+        turns.submit("api", f"a{i}", words(f"api{i}"))
+    turns.submit("window", "w", words("window"))
+    done = [e.message_id for _, e in run_all(turns) if isinstance(e, Done)]
+    # the window sent after three API requests but waits for one only; then the API's go in order
+    assert done == ["api0", "window", "api1", "api2"]
+
+
+def test_each_turn_runs_to_its_end_before_the_next_starts() -> None:
+    turns = TurnQueue()
+    turns.submit("api", "a", words("api", count=3))
+    turns.submit("window", "w", words("window", count=3))
+    texts = [e.text for _, e in run_all(turns) if isinstance(e, Token)]
+    assert texts == ["api.0", "api.1", "api.2", "window.0", "window.1", "window.2"]
+
+
+def test_a_frontend_on_another_thread_reads_its_own_events_as_they_happen() -> None:
+    turns = TurnQueue()
+    ticket = turns.submit("api", "a", words("api", count=3))
+    window = turns.submit("window", "w", words("window"))
+    received: list[Event] = []
+    reader = threading.Thread(target=lambda: received.extend(ticket.events(timeout=10)))
+    reader.start()
+    run_all(turns)
+    reader.join(10)
+    assert [e.text for e in received if isinstance(e, Token)] == ["api.0", "api.1", "api.2"]
+    assert isinstance(received[-1], Done) and window.ended.is_set()
+
+
+def test_a_stopped_turn_that_was_waiting_never_starts_and_the_running_one_goes_on() -> None:
+    turns = TurnQueue()
+    running = turns.submit("api", "a", words("api", count=3))
+    waiting = turns.submit("window", "w", words("window"))
+    turns.step(0.0, clock)
+    waiting.stop()
+    events = run_all(turns)
+    assert all(ticket is running for ticket, _ in events)
+    assert waiting.ended.is_set() and list(waiting.events(timeout=1)) == []
+
+
+def test_stopping_the_running_turn_ends_it_at_the_next_token() -> None:
+    turns = TurnQueue()
+    ticket = turns.submit("window", "w", words("window", count=100))
+    turns.step(0.0, clock)
+    ticket.stop()
+    last = run_all(turns)[-1][1]
+    assert last == Done("window", "stopped")
+
+
+def test_too_many_waiting_turns_are_refused_with_a_clear_error() -> None:
+    turns = TurnQueue(limit=2)
+    turns.submit("api", "a", words("a"))
+    turns.submit("api", "b", words("b"))
+    with pytest.raises(Busy, match="2 replies are already waiting"):
+        turns.submit("api", "c", words("c"))
+
+
+def test_a_bug_in_one_turn_ends_it_and_the_next_turn_still_runs() -> None:
+    def broken(stop: threading.Event) -> Turn:
+        yield Token("half")
+        raise RuntimeError("a bug")
+
+    turns = TurnQueue()
+    bad = turns.submit("api", "a", broken)
+    good = turns.submit("window", "w", words("window"))
+    with pytest.raises(RuntimeError):
+        while True:
+            turns.step(0.0, clock)
+    assert bad.ended.is_set() and not good.ended.is_set()
+    assert isinstance(run_all(turns)[-1][1], Done) and good.ended.is_set()
+
+
+def test_the_model_thread_waits_for_work_and_wakes_when_a_turn_arrives() -> None:
+    turns = TurnQueue()
+    woken: list[bool] = []
+    turns.on_submitted = lambda: woken.append(True)
+    assert not turns.wait_for_work(0.01)
+    threading.Timer(0.05, turns.submit, args=("api", "a", words("a"))).start()
+    assert turns.wait_for_work(10) and woken == [True]
