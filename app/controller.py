@@ -46,7 +46,7 @@ class ChatController(QObject):
     busy_changed = Signal(bool)
     usage_reported = Signal(object)  # Usage
     memory_updated = Signal(object)  # MemoryUpdated: the chip in the chat
-    reply_failed = Signal(object)  # KnownError: a reply that could not be written
+    reply_failed = Signal(object)  # KnownError or InternalError: a reply that could not be written
 
     def __init__(self, worker: EngineWorker, view: ChatView) -> None:
         super().__init__()
@@ -262,7 +262,8 @@ class ChatController(QObject):
             self._repaint.stop()
             if shown:
                 self.view.end_reply()
-            self._just_written = (conversation_id, self._text)
+            # a turn that failed before it started (its chat's model is gone) wrote nothing
+            self._just_written = (conversation_id, self._text) if self._streaming is not None else None
             self._streaming = None
             if isinstance(event, Failed):
                 self.reply_failed.emit(event.error)

@@ -46,6 +46,7 @@ if TYPE_CHECKING:  # dialogs and the store load when first used, after the windo
     from engine import (
         ConversationSummary,
         ConversationView,
+        InternalError,
         KnownError,
         MemoryState,
         MemoryUpdated,
@@ -322,7 +323,7 @@ class MainWindow(QMainWindow):
         self.chat.append_notice(f"{words.get(update.action, self.tr('Memory updated'))}: {update.text}")
 
     @Slot(object)
-    def show_error(self, error: KnownError) -> None:
+    def show_error(self, error: KnownError | InternalError) -> None:
         QMessageBox.warning(self, self.tr("Cleo"), error.user_text())
 
     @Slot(str)

@@ -150,8 +150,10 @@ class EngineWorker(QObject):
         """The window is closing: the Session leaves the open chat (a temporary one is deleted) and closes;
         then the thread ends. Ending it here, not from the GUI thread, means nothing queued before this
         request can make the thread end without closing the Session."""
-        self._close_session()
-        self.thread().quit()
+        try:
+            self._close_session()
+        finally:
+            self.thread().quit()
 
     # --- opening --------------------------------------------------------------------------------------
 
@@ -211,17 +213,21 @@ class EngineWorker(QObject):
         except Exception:  # a bug in a turn: it has ended, and the next one may run
             self._report_bug()
             events, ended = (), tuple(t for t in self._tickets if t.ended.is_set())
-        for ticket, event in events:
-            if ticket in self._tickets:
-                self.turn_advanced.emit(ticket.conversation_id, event)
-        self._show_model(session)
-        for ticket in ended:
-            self._end_turn(session, ticket)
-        if session.turns.busy():
-            QTimer.singleShot(0, self._pump)
-        else:
-            self._pumping = False
-            self._learn_later()
+        try:
+            for ticket, event in events:
+                if ticket in self._tickets:
+                    self.turn_advanced.emit(ticket.conversation_id, event)
+            self._show_model(session)
+            for ticket in ended:
+                self._end_turn(session, ticket)
+        except Exception:  # showing the result failed: the replies still waiting must go on
+            self._report_bug()
+        finally:
+            if session.turns.busy():
+                QTimer.singleShot(0, self._pump)
+            else:
+                self._pumping = False
+                self._learn_later()
 
     def _end_turn(self, session: Session, ticket: TurnTicket) -> None:
         if ticket not in self._tickets:
@@ -234,16 +240,6 @@ class EngineWorker(QObject):
             self.conversation_loaded.emit(session.view(ticket.conversation_id))
 
     # --- learning -------------------------------------------------------------------------------------
-
-    def _close_session(self) -> None:
-        if self._learn_timer is not None:  # a timer must die on its own thread
-            self._learn_timer.stop()
-            self._learn_timer.setParent(None)
-            self._learn_timer = None
-        self._tickets.clear()
-        session, self.session = self.session, None
-        if session is not None:
-            session.close()
 
     def _learn_later(self) -> None:
         wait = self.session.learning_wait() if self.session is not None else None
@@ -267,8 +263,8 @@ class EngineWorker(QObject):
             self.turn_advanced.emit(session.open_conversation or "", update)
         if updates:
             self.memories_changed.emit(session.memory_state())
-        if session.learning_pending:
-            QTimer.singleShot(0, self._learn)
+        if session.learning_pending and self._learn_timer is not None:
+            self._learn_timer.start(0)  # the same timer, so there is never a second chain of steps
 
     # --- helpers ----------------------------------------------------------------------------------------
 
@@ -295,7 +291,10 @@ class EngineWorker(QObject):
         if refresh.settings is not None:
             self.settings = refresh.settings
             self.settings_changed.emit(refresh.settings)
-        if self.session is not None:
+        if refresh.model is not None:
+            self._model = refresh.model
+            self.model_loaded.emit(refresh.model)  # even when it looks the same: it was loaded again
+        elif self.session is not None:
             self._show_model(self.session)
         for value, signal in ((refresh.conversations, self.conversations_changed),
                               (refresh.conversation, self.conversation_loaded),
@@ -308,6 +307,16 @@ class EngineWorker(QObject):
         if state != self._model:
             self._model = state
             self.model_loaded.emit(state)
+
+    def _close_session(self) -> None:
+        if self._learn_timer is not None:  # a timer must die on its own thread
+            self._learn_timer.stop()
+            self._learn_timer.setParent(None)
+            self._learn_timer = None
+        self._tickets.clear()
+        session, self.session = self.session, None
+        if session is not None:
+            session.close()
 
     def _report_bug(self) -> None:
         log.exception("bug in the engine worker")

@@ -5,9 +5,10 @@ adapt it; the rules live here: what deleting a chat forgets, which settings relo
 which model a chat uses, what leaving a chat does, when learning may run. Requests that change
 what a frontend shows return a `Refresh` with exactly the views that changed.
 
-A Session is used from the thread that opened it (it owns the model). Replies are the exception:
-any frontend, on any thread, may submit a turn; the owning thread writes them one at a time
-through `turns` (fair order, engine.chat.requests) with `step` or `run`.
+A Session is used from the thread that opened it: it owns the model and the database connection.
+Replies go through `turns` (engine.chat.requests), a queue the owning thread writes one turn at a
+time with `step` or `run`, in a fair order between frontends; a frontend on another thread (the
+coming local API) puts its turns there and reads their events from its ticket.
 """
 
 from __future__ import annotations
@@ -49,7 +50,7 @@ def open_session(settings: Settings, *, model_path: Path | None = None, database
     except BaseException:
         profile.close()
         raise
-    return Session(profile, model, settings, load_model=load_model)
+    return Session(profile, model, settings, load_model=load_model, default_model=path)
 
 
 def chat_model_path(settings: Settings, model_path: Path | None = None) -> Path:
@@ -86,9 +87,12 @@ def keep_settings(settings: Settings) -> Refresh:
 
 class Session:
     def __init__(self, profile: Profile, model: ChatModel, settings: Settings, *,
-                 load_model: ModelLoader = load_llama_model, clock: Callable[[], float] = time.monotonic) -> None:
+                 load_model: ModelLoader = load_llama_model, clock: Callable[[], float] = time.monotonic,
+                 default_model: Path | None = None) -> None:
         self.profile = profile
         self.settings = settings
+        # The model of every chat without its own: the settings' (or `cleo chat --model`'s), as loaded.
+        self.default_model = default_model or model.path
         self._load_model = load_model
         self._clock = clock
         self.memory = LongTermMemory(profile.book, profile.recall, profile.store,
@@ -133,6 +137,7 @@ class Session:
         """Show `conversation_id` ("" for a new chat); the chat shown before is left, unless a reply
         is still being written in it."""
         previous, refresh = self.open_conversation, Refresh()
+        self._last_activity = self._clock()  # the user is here: learning waits
         if previous and previous != conversation_id and not self.turns.writing_in(previous):
             refresh = self.leave_chat(previous)
         self.open_conversation = conversation_id or None
@@ -191,11 +196,18 @@ class Session:
              instructions: str = "", show: bool = False) -> TurnTicket:
         """Reply to `text` in the chat (a new one when `conversation_id` is ""; see `new_chat`).
         `show`: the frontend shows this chat, which becomes the open one (see `open_chat`)."""
+        new = not conversation_id
         conversation_id = conversation_id or self.new_chat(temporary=temporary, instructions=instructions)
+        try:
+            ticket = self._submit(frontend, conversation_id,
+                                  lambda stop: self.assistant.turn(conversation_id, text, stop=stop))
+        except Busy:
+            if new:  # a chat with nothing in it, that no frontend was told about
+                self.profile.store.delete_conversation(conversation_id)
+            raise
         if show:
             self.open_conversation = conversation_id
-        return self._submit(frontend, conversation_id, lambda stop: self.assistant.turn(conversation_id, text,
-                                                                                         stop=stop))
+        return ticket
 
     def regenerate(self, conversation_id: str, reply_id: str, *, frontend: str = "window") -> TurnTicket:
         """Another reply in place of `reply_id`; the old one stays as an alternative."""
@@ -298,8 +310,11 @@ class Session:
     def use_model(self, path: str) -> Refresh:
         """Chat with the model at `path` in every chat that has no model of its own."""
         self._check_idle()
-        settings = choose_model(self.settings, path)
-        self._load(Path(path), settings)
+        read_model_info(Path(path))  # a clear error before anything is unloaded
+        settings = self.settings.updated(chat_model=path)
+        self._load(Path(path), settings)  # saved only once it loaded, so a bad file cannot stop the next start
+        save_settings(settings)
+        self.settings, self.default_model = settings, Path(path)
         return Refresh(model=self.model_state(), settings=settings)
 
     def use_model_in_chat(self, conversation_id: str, path: str) -> Refresh:
@@ -320,13 +335,14 @@ class Session:
         if not any(getattr(old, name) != getattr(settings, name) for name in RELOADING_SETTINGS):
             self.assistant.settings = settings
             return Refresh(settings=settings)
-        path = Path(settings.chat_model) if settings.chat_model else self.assistant.model.path
-        self._load(path, settings)
+        if settings.chat_model:
+            self.default_model = Path(settings.chat_model)
+        self._load(self.default_model, settings)
         return Refresh(model=self.model_state(), settings=settings)
 
     def _use_model_of(self, conversation_id: str) -> bool:
         """Load the model this chat uses (its own, else the settings') if another is loaded; whether it did."""
-        wanted = self.profile.store.chat_model(conversation_id) or str(chat_model_path(self.settings))
+        wanted = self.profile.store.chat_model(conversation_id) or str(self.default_model)
         if Path(wanted) == self.assistant.model.path:
             return False
         if not Path(wanted).is_file():

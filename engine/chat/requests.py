@@ -14,6 +14,7 @@ A frontend on the model's own thread reads the events `step` returns. One on ano
 from __future__ import annotations
 
 import itertools
+import logging
 import queue
 import threading
 from collections import deque
@@ -21,10 +22,17 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 from engine.chat.assistant import Turn
-from engine.errors import Busy
-from engine.events import Event
+from engine.errors import Busy, InternalError
+from engine.events import Event, Failed
+from engine.paths import folders
+
+log = logging.getLogger(__name__)
 
 _ENDED = None  # put in a ticket's channel after its last event
+
+
+def _ended() -> Turn:
+    yield from ()
 
 
 class TurnTicket:
@@ -129,9 +137,11 @@ class TurnQueue:
         while (ticket := self._running or self._start_next()) is not None:
             try:
                 event = None if ticket.stop_requested.is_set() and ticket._turn is None else ticket._next()
-            except BaseException:
-                self._end(ticket)  # a bug in the turn: it ends, and the next one can still run
-                raise
+            except Exception:  # a bug in the turn: it ends with the bug reported, and the next one runs
+                log.exception("a turn in conversation %s failed", ticket.conversation_id)
+                event = Failed(InternalError("Something went wrong inside Cleo while replying.",
+                                             hint=f"The details are in the log in {folders().logs}."))
+                ticket._turn = _ended()
             if event is None:
                 self._end(ticket)
                 ended.append(ticket)

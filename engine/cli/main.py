@@ -83,6 +83,9 @@ def run_chat(settings: Settings, *, model_path: Path | None, once: str | None, a
             reply = _reply(session, session.send(conversation, once, frontend=FRONTEND), live=not as_json)
             if as_json:
                 print(json.dumps(reply.as_json(model), ensure_ascii=False))
+            if isinstance(reply.error, InternalError):  # a bug, already logged with its traceback
+                print(f"cleo: {reply.error.user_text()}", file=sys.stderr)
+                return EXIT_BUG
             if reply.error is not None:
                 raise reply.error
             return 0

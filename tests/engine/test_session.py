@@ -19,8 +19,8 @@ from engine.chat.model import ChatModel
 from engine.errors import Busy, ModelFileInvalid, ModelMissing
 from engine.events import Done, Event, Failed, Started, Token
 from engine.profile import open_profile
-from engine.session import Session
-from engine.settings import Settings
+from engine.session import Session, open_session
+from engine.settings import Settings, load_settings
 from tests.helpers.models import write_tiny_gguf
 from tests.helpers.scripted_model import ScriptedChatModel
 
@@ -221,3 +221,43 @@ def test_imported_chats_are_listed_at_once_and_exported_again_whole(open_one: Ca
     assert report.conversations_added == 1 and refresh.conversations is not None
     assert [c.id for c in refresh.conversations] == [chat]
     assert "Written by first." in str(session.profile.export_chat(chat))
+
+
+def test_the_model_a_session_was_opened_with_writes_every_chat_without_its_own(models: tuple[Path, Path]) -> None:
+    """`cleo chat --model PATH`: the model given at open is the default, not the settings'."""
+    loader = Loader()
+    session = open_session(SETTINGS.updated(chat_model=str(models[0])), model_path=models[1], load_model=loader)
+    try:
+        _, events = reply(session, "", "Hello")
+        assert "".join(e.text for e in events if isinstance(e, Token)) == "Written by second."
+        assert [p.name for p in loader.loaded] == ["second.gguf"]
+    finally:
+        session.close()
+
+
+def test_a_model_chosen_for_every_chat_stays_chosen_and_is_saved_once_it_loaded(
+        open_one: Callable[..., Session], models: tuple[Path, Path]) -> None:
+    loader = Loader()
+    session = open_one(loader=loader)
+    refresh = session.use_model(str(models[1]))
+    assert refresh.model is not None and refresh.model.name == "second"
+    _, events = reply(session, "", "Hello")
+    assert "".join(e.text for e in events if isinstance(e, Token)) == "Written by second."
+    assert load_settings()[0].chat_model == str(models[1])
+    session.close()
+    damaged = write_tiny_gguf(models[0].with_name("damaged.gguf"))
+    broken = open_one(loader=Loader(fail_on="damaged.gguf"))
+    with pytest.raises(ModelFileInvalid):
+        broken.use_model(str(damaged))
+    assert load_settings()[0].chat_model == str(models[1])  # unchanged by the choice that failed to load
+
+
+def test_a_chat_is_renamed_pinned_and_archived_in_the_sidebar(open_one: Callable[..., Session]) -> None:
+    session = open_one()
+    chat, _ = reply(session, "", "Hello")
+    session.rename_chat(chat, "Greetings")
+    session.pin_chat(chat)
+    refresh = session.archive_chat(chat)
+    assert refresh.conversations is not None
+    [shown] = refresh.conversations
+    assert (shown.title, shown.pinned, shown.archived) == ("Greetings", True, True)

@@ -10,8 +10,8 @@ import pytest
 
 from engine.chat.assistant import Turn
 from engine.chat.requests import TurnQueue, TurnTicket
-from engine.errors import Busy
-from engine.events import Done, Event, Token
+from engine.errors import Busy, InternalError
+from engine.events import Done, Event, Failed, Token
 
 _clock = itertools.count()
 
@@ -97,7 +97,7 @@ def test_too_many_waiting_turns_are_refused_with_a_clear_error() -> None:
         turns.submit("api", "c", words("c"))
 
 
-def test_a_bug_in_one_turn_ends_it_and_the_next_turn_still_runs() -> None:
+def test_a_bug_in_one_turn_ends_it_reported_and_the_next_turn_still_runs(caplog: pytest.LogCaptureFixture) -> None:
     def broken(stop: threading.Event) -> Turn:
         yield Token("half")
         raise RuntimeError("a bug")
@@ -105,11 +105,12 @@ def test_a_bug_in_one_turn_ends_it_and_the_next_turn_still_runs() -> None:
     turns = TurnQueue()
     bad = turns.submit("api", "a", broken)
     good = turns.submit("window", "w", words("window"))
-    with pytest.raises(RuntimeError):
-        while True:
-            turns.step(0.0, clock)
-    assert bad.ended.is_set() and not good.ended.is_set()
-    assert isinstance(run_all(turns)[-1][1], Done) and good.ended.is_set()
+    events = run_all(turns)
+    bad_events = [e for ticket, e in events if ticket is bad]
+    assert bad_events[0] == Token("half") and isinstance(bad_events[-1], Failed)
+    assert isinstance(bad_events[-1].error, InternalError) and "log" in bad_events[-1].error.user_text()
+    assert "a bug" in caplog.text  # the traceback is in the log
+    assert bad.ended.is_set() and isinstance(events[-1][1], Done) and good.ended.is_set()
 
 
 def test_the_model_thread_waits_for_work_and_wakes_when_a_turn_arrives() -> None:
