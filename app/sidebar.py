@@ -19,12 +19,12 @@ from PySide6.QtWidgets import (
     QListWidgetItem,
     QMenu,
     QMessageBox,
-    QPushButton,
     QVBoxLayout,
     QWidget,
 )
 
 from app.controller import ChatController
+from app.widgets import button
 
 if TYPE_CHECKING:
     from engine import ConversationSummary, SearchHit
@@ -41,10 +41,8 @@ class Sidebar(QWidget):
         super().__init__()
         self.controller = controller
         self.conversations: tuple[ConversationSummary, ...] = ()
-        self.new_button = QPushButton(self.tr("New chat"))
-        self.new_button.setAccessibleName(self.tr("New chat"))
-        self.new_button.setAccessibleDescription(self.tr("Start a new conversation (Ctrl+N)"))
-        self.new_button.clicked.connect(self.on_new_button_clicked)
+        self.new_button = button(self.tr("New chat"), self.tr("Start a new conversation (Ctrl+N)"),
+                                 self.on_new_button_clicked)
         self.search_box = QLineEdit()
         self.search_box.setPlaceholderText(self.tr("Search all chats (Ctrl+F)"))
         self.search_box.setAccessibleName(self.tr("Search chats"))

@@ -304,9 +304,6 @@ class Session:
         model = self.assistant.model
         return ModelState(model.name, str(model.path), model.device, model.context_size)
 
-    def list_models(self) -> ModelList:
-        return list_models(self.settings)
-
     def use_model(self, path: str) -> Refresh:
         """Chat with the model at `path` in every chat that has no model of its own."""
         self._check_idle()

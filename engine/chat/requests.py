@@ -107,10 +107,6 @@ class TurnQueue:
         self.on_submitted()
         return ticket
 
-    @property
-    def running(self) -> TurnTicket | None:
-        return self._running
-
     def busy(self, frontend: str | None = None) -> bool:
         """Whether a turn (of `frontend`, or of anyone) is running or waiting."""
         with self._lock:
