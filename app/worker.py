@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 from PySide6.QtCore import QObject, QTimer, Signal, Slot
 
-from engine import Busy, KnownError, NotReady, Refresh
+from engine import KnownError, NotReady, Refresh
 
 if TYPE_CHECKING:  # the engine's runtime is imported on the worker's thread, after the window shows
     from engine import ModelState, Session, Settings, TurnTicket
@@ -52,7 +52,6 @@ class EngineWorker(QObject):
         self.settings = settings
         self._opener = opener
         self.session: Session | None = None
-        self._tickets: list[TurnTicket] = []  # the window's turns, waiting or being written
         self._model: ModelState | None = None  # as last shown
         self._learn_timer: QTimer | None = None
         self._pumping = False
@@ -62,8 +61,9 @@ class EngineWorker(QObject):
 
     def stop_reply(self) -> None:
         """Stop the window's reply being written (or waiting), within one token; safe from any thread."""
-        for ticket in list(self._tickets):
-            ticket.stop()
+        session = self.session
+        if session is not None:
+            session.turns.stop(FRONTEND)
 
     # --- slots: run on the worker's thread -----------------------------------------------------------
 
@@ -189,9 +189,7 @@ class EngineWorker(QObject):
             ticket = submit(session)
             if new_chat:
                 self.conversation_started.emit(ticket.conversation_id)
-            self._tickets.append(ticket)
-            if len(self._tickets) == 1:
-                self.busy_changed.emit(True)
+            self.busy_changed.emit(True)  # the window has one reply at a time: `idle` refuses a second
             self._wake()
         self._do(start, idle=True)
 
@@ -208,20 +206,17 @@ class EngineWorker(QObject):
             self._pumping = False
             return
         try:
-            step = session.step(_PUMP_SECONDS)
-            events, ended = step.events, step.ended
-        except Exception:  # a bug in a turn: it has ended, and the next one may run
-            self._report_bug()
-            events, ended = (), tuple(t for t in self._tickets if t.ended.is_set())
-        try:
-            for ticket, event in events:
-                if ticket in self._tickets:
+            step = session.step(_PUMP_SECONDS)  # a bug inside a turn comes back as its Failed event
+            for ticket, event in step.events:
+                if ticket.frontend == FRONTEND:
                     self.turn_advanced.emit(ticket.conversation_id, event)
             self._show_model(session)
-            for ticket in ended:
-                self._end_turn(session, ticket)
-        except Exception:  # showing the result failed: the replies still waiting must go on
+            for ticket in step.ended:
+                if ticket.frontend == FRONTEND:
+                    self._end_turn(session, ticket)
+        except Exception:  # the replies still waiting must go on, and the window must not stay busy
             self._report_bug()
+            self.busy_changed.emit(session.turns.busy(FRONTEND))
         finally:
             if session.turns.busy():
                 QTimer.singleShot(0, self._pump)
@@ -230,10 +225,7 @@ class EngineWorker(QObject):
                 self._learn_later()
 
     def _end_turn(self, session: Session, ticket: TurnTicket) -> None:
-        if ticket not in self._tickets:
-            return
-        self._tickets.remove(ticket)
-        if not self._tickets:
+        if not session.turns.busy(FRONTEND):
             self.busy_changed.emit(False)
         self.conversations_changed.emit(session.conversations())
         if session.open_conversation == ticket.conversation_id:
@@ -275,8 +267,8 @@ class EngineWorker(QObject):
             if needs_session and self.session is None:
                 raise NotReady("Cleo has not finished starting.", hint="Wait a moment, or see the message shown "
                                                                       "when it started.")
-            if idle and self._tickets:
-                raise Busy("Cleo is still writing a reply.", hint="Wait for it, or press Stop.")
+            if idle and self.session is not None:
+                self.session.check_idle(FRONTEND)
             refresh = request(self.session)
         except KnownError as exc:
             self.request_failed.emit(exc)
@@ -313,7 +305,6 @@ class EngineWorker(QObject):
             self._learn_timer.stop()
             self._learn_timer.setParent(None)
             self._learn_timer = None
-        self._tickets.clear()
         session, self.session = self.session, None
         if session is not None:
             session.close()

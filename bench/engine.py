@@ -44,9 +44,7 @@ def queued_turn(assistant: Assistant, chat: str, text: str, options: TurnOptions
     """A turn as every frontend gets it: through the Session's queue of turns, an event per step."""
     turns = TurnQueue()
     ticket = turns.submit("bench", chat, lambda stop: assistant.turn(chat, text, options, stop=stop))
-    while not ticket.ended.is_set():
-        for _, event in turns.step(0.0, time.perf_counter).events:
-            yield event
+    return turns.run(ticket, time.perf_counter)
 
 
 def token_times(events: Iterator[Event]) -> tuple[float, list[float]]:

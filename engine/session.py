@@ -236,10 +236,8 @@ class Session:
     def run(self, ticket: TurnTicket) -> Iterator[Event]:
         """On this Session's thread: write turns until `ticket`'s has ended, yielding its events
         (turns queued before it, by any frontend, are written first)."""
-        while not ticket.ended.is_set():
-            for owner, event in self.step(0.05).events:
-                if owner is ticket:
-                    yield event
+        yield from self.turns.run(ticket, self._clock)
+        self._last_activity = self._clock()
 
     def _submit(self, frontend: str, conversation_id: str, start: Callable[[Any], Turn]) -> TurnTicket:
         self._last_activity = self._clock()
@@ -306,7 +304,7 @@ class Session:
 
     def use_model(self, path: str) -> Refresh:
         """Chat with the model at `path` in every chat that has no model of its own."""
-        self._check_idle()
+        self.check_idle()
         read_model_info(Path(path))  # a clear error before anything is unloaded
         settings = self.settings.updated(chat_model=path)
         self._load(Path(path), settings)  # saved only once it loaded, so a bad file cannot stop the next start
@@ -316,7 +314,7 @@ class Session:
 
     def use_model_in_chat(self, conversation_id: str, path: str) -> Refresh:
         """This chat uses the model at `path` from now on; the others keep the settings' model."""
-        self._check_idle()
+        self.check_idle()
         read_model_info(Path(path))  # a clear error before anything changes
         self.profile.store.update_conversation(conversation_id, model=path)
         loaded = self._use_model_of(conversation_id)
@@ -324,7 +322,7 @@ class Session:
 
     def apply_settings(self, settings: Settings) -> Refresh:
         """Save `settings` and apply them; a change in `RELOADING_SETTINGS` loads the model again."""
-        self._check_idle()
+        self.check_idle()
         old, self.settings = self.settings, settings
         save_settings(settings)
         self.memory.ask_before_remembering = settings.ask_before_remembering
@@ -358,8 +356,9 @@ class Session:
         # With memory off in the settings chats are still saved and searchable; nothing is recalled or learned.
         return self.memory if settings.memory_enabled else NoMemory()
 
-    def _check_idle(self) -> None:
-        if self.turns.busy():
+    def check_idle(self, frontend: str | None = None) -> None:
+        """Refuse a request that must wait while a reply (of `frontend`, or of anyone) is being written."""
+        if self.turns.busy(frontend):
             raise Busy("Cleo is still writing a reply.", hint="Wait for it, or press Stop.")
 
     def _open_chat_again(self) -> Refresh:

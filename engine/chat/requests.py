@@ -38,9 +38,7 @@ def _ended() -> Turn:
 class TurnTicket:
     """One frontend's turn: waiting for the model, being written, or ended."""
 
-    def __init__(self, number: int, frontend: str, conversation_id: str,
-                 start: Callable[[threading.Event], Turn]) -> None:
-        self.number = number
+    def __init__(self, frontend: str, conversation_id: str, start: Callable[[threading.Event], Turn]) -> None:
         self.frontend = frontend
         self.conversation_id = conversation_id
         self.stop_requested = threading.Event()  # set from any thread; the turn ends within one token
@@ -90,7 +88,6 @@ class TurnQueue:
         self._waiting: dict[str, deque[TurnTicket]] = {}  # per frontend, in the order they were sent
         self._served: list[str] = []  # frontends, least recently served first
         self._running: TurnTicket | None = None
-        self._numbers = itertools.count(1)
         self.on_submitted: Callable[[], None] = lambda: None  # wakes the model's thread; called on the caller's
 
     def submit(self, frontend: str, conversation_id: str, start: Callable[[threading.Event], Turn]) -> TurnTicket:
@@ -99,7 +96,7 @@ class TurnQueue:
             if self._count() >= self.limit:
                 raise Busy(f"{self.limit} replies are already waiting for the model.",
                            hint="Try again when some of them are written.")
-            ticket = TurnTicket(next(self._numbers), frontend, conversation_id, start)
+            ticket = TurnTicket(frontend, conversation_id, start)
             self._waiting.setdefault(frontend, deque()).append(ticket)
             if frontend not in self._served:
                 self._served.append(frontend)
@@ -109,15 +106,25 @@ class TurnQueue:
 
     def busy(self, frontend: str | None = None) -> bool:
         """Whether a turn (of `frontend`, or of anyone) is running or waiting."""
-        with self._lock:
-            tickets = [self._running, *itertools.chain.from_iterable(self._waiting.values())]
-            return any(t is not None and (frontend is None or t.frontend == frontend) for t in tickets)
+        return any(frontend is None or t.frontend == frontend for t in self._tickets())
 
     def writing_in(self, conversation_id: str) -> bool:
         """Whether a turn in this conversation is running or waiting."""
-        with self._lock:
-            tickets = [self._running, *itertools.chain.from_iterable(self._waiting.values())]
-            return any(t is not None and t.conversation_id == conversation_id for t in tickets)
+        return any(t.conversation_id == conversation_id for t in self._tickets())
+
+    def stop(self, frontend: str) -> None:
+        """Stop every turn of `frontend`, the one being written and those waiting; any thread."""
+        for ticket in self._tickets():
+            if ticket.frontend == frontend:
+                ticket.stop()
+
+    def run(self, ticket: TurnTicket, clock: Callable[[], float]) -> Iterator[Event]:
+        """On the model's thread: write turns until `ticket`'s has ended, yielding its events as they
+        come (turns queued before it, by any frontend, are written first)."""
+        while not ticket.ended.is_set():
+            for owner, event in self.step(0.0, clock).events:
+                if owner is ticket:
+                    yield event
 
     def wait_for_work(self, timeout: float) -> bool:
         """Block the model's thread until a turn is waiting (True) or `timeout` passes (False)."""
@@ -150,14 +157,13 @@ class TurnQueue:
 
     def close(self) -> None:
         """Stop every turn (the running one keeps its reply so far); for closing the profile."""
+        tickets = self._tickets()
         with self._lock:
-            tickets = [self._running, *itertools.chain.from_iterable(self._waiting.values())]
             self._waiting.clear()
             self._running = None
         for ticket in tickets:
-            if ticket is not None:
-                ticket.stop()
-                ticket._close()
+            ticket.stop()
+            ticket._close()
 
     def _start_next(self) -> TurnTicket | None:
         with self._lock:
@@ -174,6 +180,12 @@ class TurnQueue:
             if self._running is ticket:
                 self._running = None
         ticket._close()
+
+    def _tickets(self) -> list[TurnTicket]:
+        """The running turn, then the waiting ones."""
+        with self._lock:
+            waiting = list(itertools.chain.from_iterable(self._waiting.values()))
+            return [self._running, *waiting] if self._running is not None else waiting
 
     def _count(self) -> int:
         return sum(len(waiting) for waiting in self._waiting.values())

@@ -120,3 +120,15 @@ def test_the_model_thread_waits_for_work_and_wakes_when_a_turn_arrives() -> None
     assert not turns.wait_for_work(0.01)
     threading.Timer(0.05, turns.submit, args=("api", "a", words("a"))).start()
     assert turns.wait_for_work(10) and woken == [True]
+
+
+def test_stopping_a_frontend_stops_its_turns_and_no_one_elses() -> None:
+    turns = TurnQueue()
+    window = turns.submit("window", "w1", words("window", count=100))
+    turns.step(0.0, clock)  # the window's reply has started
+    api = turns.submit("api", "a", words("api"))
+    queued = turns.submit("window", "w2", words("queued"))
+    turns.stop("window")
+    done = {e.message_id: e.finish_reason for _, e in run_all(turns) if isinstance(e, Done)}
+    assert done == {"window": "stopped", "api": "stop"}  # the queued one never started
+    assert queued.ended.is_set() and window.ended.is_set() and api.ended.is_set()
