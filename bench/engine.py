@@ -9,6 +9,9 @@ Prints JSON lines:
     own cost for the same new tokens at the same positions alongside.
 (c) time to first token when switching back to a conversation divided by a same-chat follow-up;
     target <= 1.5.
+(d) time per prompt render (on every turn's path, several times when the context overflows): the
+    model's own template through the bounded render process, and the same template rendered in
+    this process as the baseline, for chats of 2, 21 and 81 messages.
 Run with `make bench` or `python -m bench.engine` (needs the default models: `make models`).
 """
 
@@ -18,7 +21,7 @@ import ctypes
 import json
 import statistics
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import llama_cpp
 
@@ -27,6 +30,7 @@ from engine.chat.requests import TurnQueue
 from engine.events import Event, Token, Usage
 from engine.paths import default_chat_model
 from engine.runtime.chat_model import LlamaChatModel
+from engine.runtime.chat_template import ChatTemplate
 from engine.runtime.llama import default_threads
 from engine.runtime.sampling import Sampling
 from engine.settings import Settings
@@ -34,6 +38,7 @@ from engine.settings import Settings
 STORY = "Write a long story about a lighthouse keeper who finds a message in a bottle."
 DECODE_TOKENS = 128
 PAIRS = 8
+RENDERS = 200
 
 
 def emit(**row: object) -> None:
@@ -186,6 +191,36 @@ def switch_back(assistant: Assistant, rounds: int = 4) -> None:
     emit(measure="c_switch_back_over_follow_up", value=round(ratio, 3), target="<= 1.5", met=ratio <= 1.5)
 
 
+def per_render_us(render: Callable[[], str]) -> float:
+    """Median microseconds of one call of `render`, after a few to warm up."""
+    for _ in range(5):
+        render()
+    times = []
+    for _ in range(RENDERS):
+        start = time.perf_counter()
+        render()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times) * 1e6
+
+
+def render_time(model: LlamaChatModel) -> None:
+    # The baseline: the same template, rendered in this process with no isolation.
+    local = ChatTemplate(model._template.source, bos_token=model._bos_text, eos_token=model._eos_text,
+                         isolated=False)
+    for turns in (0, 10, 40):
+        messages = [{"role": "system", "content": "You are Cleo, a helpful assistant."}]
+        for turn in range(turns):
+            messages += [{"role": "user", "content": f"Give me one fact about planet number {turn + 1}."},
+                         {"role": "assistant", "content": f"Planet {turn + 1} is far away. " * 8}]
+        messages.append({"role": "user", "content": STORY})
+        assert model.render_chat(messages) == local.render(messages, add_generation_prompt=True)
+        isolated = per_render_us(lambda: model.render_chat(messages))  # noqa: B023  # used at once
+        in_process = per_render_us(lambda: local.render(messages, add_generation_prompt=True))  # noqa: B023
+        emit(measure="d_render_us", messages=len(messages), prompt_chars=len(model.render_chat(messages)),
+             render_process=round(isolated, 1), in_process=round(in_process, 1),
+             overhead=round(isolated - in_process, 1))
+
+
 def main() -> None:
     threads = default_threads()
     path = default_chat_model()
@@ -196,6 +231,7 @@ def main() -> None:
     overhead(assistant, model, threads)
     time_to_first_token(assistant, model)
     switch_back(assistant)
+    render_time(model)
     model.close()
 
 

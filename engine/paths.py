@@ -64,9 +64,9 @@ def folders() -> Folders:
 
 
 def ensure(folder: Path) -> Path:
-    """Create `folder` if needed and prove it is writable, or raise `FolderNotWritable`."""
+    """Create `folder` (private: 0700 on POSIX) if needed and prove it is writable, or raise `FolderNotWritable`."""
     try:
-        folder.mkdir(parents=True, exist_ok=True)
+        make_private_folder(folder)
         # Creating a file is the only check that holds everywhere (ACLs, read-only mounts, root).
         with tempfile.NamedTemporaryFile(dir=folder, prefix=".write-test-"):
             pass
@@ -91,3 +91,61 @@ def _own_or_bundled(name: str) -> Path:
     own = folders().models / name
     bundled = BUNDLED_MODELS / name
     return bundled if not own.exists() and bundled.exists() else own
+
+
+# What Cleo writes holds the user's chats and memories: folders Cleo creates are 0700 and files
+# 0600 on POSIX, whatever the umask. Windows gives a user's profile folders to that user alone
+# already, and Python cannot set ACLs there, so these only make the calls there.
+PRIVATE_FOLDER_MODE = 0o700
+PRIVATE_FILE_MODE = 0o600
+
+
+def make_private_folder(folder: Path) -> Path:
+    """`folder` and any missing parents, created 0700; an existing `folder` is made 0700 too."""
+    missing = [parent for parent in (folder, *folder.parents) if not parent.exists()]
+    for parent in reversed(missing):
+        parent.mkdir(mode=PRIVATE_FOLDER_MODE, exist_ok=True)
+        _make_private(parent, PRIVATE_FOLDER_MODE)
+    _make_private(folder, PRIVATE_FOLDER_MODE)
+    return folder
+
+
+def make_private_file(path: Path) -> Path:
+    """`path`, created empty if missing, readable and writable by the user alone (0600)."""
+    os.close(os.open(path, os.O_WRONLY | os.O_CREAT | getattr(os, "O_BINARY", 0), PRIVATE_FILE_MODE))
+    _make_private(path, PRIVATE_FILE_MODE)
+    return path
+
+
+def write_private_file(path: Path, data: bytes) -> None:
+    """Replace `path` with `data` all at once: a 0600 temporary file beside it, flushed to disk, renamed.
+
+    A crash leaves the old file or the new one, never half of one.
+    """
+    descriptor, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".part")
+    try:
+        with os.fdopen(descriptor, "wb") as out:  # mkstemp creates it 0600
+            out.write(data)
+            out.flush()
+            os.fsync(out.fileno())
+        os.replace(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
+    sync_folder(path.parent)
+
+
+def sync_folder(folder: Path) -> None:
+    """Make a rename inside `folder` durable (POSIX; Windows has no directory handles to flush)."""
+    if os.name != "posix":
+        return
+    descriptor = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(descriptor)
+    finally:
+        os.close(descriptor)
+
+
+def _make_private(path: Path, mode: int) -> None:
+    if os.name == "posix":
+        os.chmod(path, mode)

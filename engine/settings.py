@@ -7,11 +7,17 @@ variables, `settings.json` in the config folder, the defaults below.
 A damaged settings file never stops Cleo: unreadable JSON is kept as `settings.json.bad` and the
 defaults are used; a file with unknown or out-of-range entries keeps its good entries, the bad
 ones are named in a warning, and the original is kept as `settings.json.bad`. A bad environment
-variable is an error, because the user typed it just now and should learn it was ignored.
+variable is an error, because the user typed it just now and should learn it was ignored; so is a
+settings file Cleo cannot read at all (a folder in its place, no permission), since saving over
+it would fail too: both name what to fix.
+
+The file is written whole or not at all, readable by the user alone (0600 on POSIX; on Windows the
+user's config folder is theirs already).
 """
 
 from __future__ import annotations
 
+import difflib
 import json
 import logging
 import os
@@ -22,7 +28,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from pydantic_core import ErrorDetails
 
 from engine.errors import SettingsInvalid
-from engine.paths import ensure, folders
+from engine.paths import HOME_VARIABLE, ensure, folders, write_private_file
 
 log = logging.getLogger(__name__)
 
@@ -119,6 +125,7 @@ def load_settings() -> tuple[Settings, list[str]]:
     """The settings in force, and warnings about anything in the file that had to be ignored."""
     path = settings_file()
     stored, warnings = _read_file(path)
+    warnings += _misspelled_variables()
     values = {**stored, **_environment_values()}
     try:
         return _validate(values, source=str(path)), warnings
@@ -136,17 +143,28 @@ def load_settings() -> tuple[Settings, list[str]]:
 def save_settings(settings: Settings) -> Path:
     """Write `settings` atomically, so a crash mid-write never leaves half a file."""
     path = ensure(folders().config) / FILE_NAME
-    partial = path.with_suffix(".json.partial")
-    partial.write_text(json.dumps(settings.model_dump(), indent=2, sort_keys=True) + "\n", encoding="utf-8")
-    os.replace(partial, path)
+    try:
+        write_private_file(path, (json.dumps(settings.model_dump(), indent=2, sort_keys=True) + "\n").encode())
+    except OSError as exc:
+        raise SettingsInvalid(f"Cleo cannot save its settings to {path} ({exc.strerror or exc}).",
+                              hint=_UNUSABLE_FILE_HINT) from exc
     return path
 
 
+_UNUSABLE_FILE_HINT = ("It must be a file Cleo can read and write: move away whatever is there (Cleo then starts "
+                       f"with the default settings), or choose another folder with {HOME_VARIABLE}=DIR.")
+
+
 def _read_file(path: Path) -> tuple[dict[str, Any], list[str]]:
-    if not path.exists():
-        return {}, []
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
+        text = path.read_bytes()
+    except FileNotFoundError:
+        return {}, []
+    except OSError as exc:  # a folder in its place, no permission, a broken disk
+        raise SettingsInvalid(f"Cleo cannot read its settings file {path} ({exc.strerror or exc}).",
+                              hint=_UNUSABLE_FILE_HINT) from exc
+    try:
+        data = json.loads(text.decode("utf-8"))
         if not isinstance(data, dict):
             raise ValueError("the file does not hold a JSON object")
     except (ValueError, UnicodeDecodeError) as exc:
@@ -162,7 +180,7 @@ def _read_file(path: Path) -> tuple[dict[str, Any], list[str]]:
 
 
 def _keep_bad_copy(path: Path) -> None:
-    path.with_name(path.name + ".bad").write_bytes(path.read_bytes())
+    write_private_file(path.with_name(path.name + ".bad"), path.read_bytes())
 
 
 def _environment_values() -> dict[str, str]:
@@ -172,6 +190,19 @@ def _environment_values() -> dict[str, str]:
         if raw is not None:
             values[name] = raw
     return values
+
+
+def _misspelled_variables() -> list[str]:
+    """Warnings for `CLEO_*` variables that are no setting but look like one: a typo is otherwise
+    ignored without a word."""
+    names = [ENV_PREFIX + name.upper() for name in Settings.model_fields]
+    warnings = []
+    for variable in sorted(os.environ):
+        if variable.startswith(ENV_PREFIX) and variable not in (*names, HOME_VARIABLE):
+            close = difflib.get_close_matches(variable, names, n=1, cutoff=0.9)
+            if close:
+                warnings.append(f"The variable {variable} is not a setting and was ignored; did you mean {close[0]}?")
+    return warnings
 
 
 def _split_valid(stored: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:
@@ -193,10 +224,10 @@ def _validate(values: dict[str, Any], *, source: str) -> Settings:
     except ValidationError as exc:
         problems = [_describe(error, env_values) for error in exc.errors()]
         where = f" (in {source})" if source else ""
-        raise SettingsInvalid(
-            "; ".join(problems) + where,
-            hint="Fix or remove that setting; every setting and its limits are listed in the README.",
-        ) from None
+        from_environment = any(f" from {ENV_PREFIX}" in problem for problem in problems)
+        hint = ("Unset that variable or give it an allowed value" if from_environment
+                else "Fix or remove that setting") + "; every setting and its limits are listed in the README."
+        raise SettingsInvalid("; ".join(problems) + where, hint=hint) from None
 
 
 def _describe(error: ErrorDetails, env_values: dict[str, str]) -> str:

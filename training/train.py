@@ -9,6 +9,9 @@ data are a pure function of the step, see `BatchSource`) and the random generato
 with `torch.distributed.checkpoint` into `step-N.partial/` and renamed when complete, so a crash
 or a full disk mid-write leaves the previous checkpoint as it was. A NaN loss stops training
 without writing, keeping the last good checkpoint.
+
+The step, the scheduler and the generators' states are plain JSON (`training.progress`), never
+a pickle: checkpoints get shared, and unpickling one runs whatever code it names.
 """
 
 from __future__ import annotations
@@ -35,6 +38,7 @@ from torch import Tensor, nn
 from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
 
 from training.model import Decoder, ModelConfig
+from training.progress import ProgressUnreadable, read_progress, restore_random_state, write_progress
 
 log = logging.getLogger(__name__)
 
@@ -218,8 +222,7 @@ class Trainer:
             with _single_process_ok():
                 dcp.save(state, checkpoint_id=str(partial), no_dist=not dist.is_initialized())
             if self.rank == 0:
-                torch.save({"step": self.step, "scheduler": self.scheduler.state_dict(), "rng": _rng_state()},
-                           partial / "progress.pt")
+                write_progress(partial, self.step, self.scheduler.state_dict())
                 (partial / CONFIG_FILE).write_text(json.dumps(
                     {"model": _jsonable(self.model_config), "train": self.config.resume_fields()}, indent=2))
                 os.replace(partial, final)
@@ -252,10 +255,14 @@ class Trainer:
             dcp.load({"model": model_state, "optimizer": optimizer_state}, checkpoint_id=str(checkpoint),
                      no_dist=not dist.is_initialized())
         set_state_dict(self.wrapped, self.optimizer, model_state_dict=model_state, optim_state_dict=optimizer_state)
-        progress = torch.load(checkpoint / "progress.pt", weights_only=False)
-        self.step = int(progress["step"])
-        self.scheduler.load_state_dict(progress["scheduler"])
-        _set_rng_state(progress["rng"])
+        try:
+            step, scheduler, random_state = read_progress(checkpoint, self.scheduler.state_dict())
+        except ProgressUnreadable as exc:
+            raise TrainingError(f"The checkpoint {checkpoint} cannot be resumed: {exc}. Nothing in it was run. "
+                                "Resume from another checkpoint, or start again in another output folder.") from exc
+        self.step = step
+        self.scheduler.load_state_dict(scheduler)
+        restore_random_state(random_state)
         return True
 
     # --- plumbing ---------------------------------------------------------------------------------
@@ -332,19 +339,6 @@ def _default_device(rank: int) -> torch.device:
 def _barrier() -> None:
     if dist.is_initialized():
         dist.barrier()
-
-
-def _rng_state() -> dict[str, Any]:
-    state: dict[str, Any] = {"torch": torch.get_rng_state()}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def _set_rng_state(state: dict[str, Any]) -> None:
-    torch.set_rng_state(state["torch"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
 
 
 def _jsonable(config: ModelConfig) -> dict[str, Any]:

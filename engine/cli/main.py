@@ -2,14 +2,14 @@
 
 `cleo chat` talks to the chat model in the terminal (Ctrl+C stops a reply, not the program);
 `cleo chat --once "..." [--json]` answers one message and exits, which is what scripts use. Known errors are printed
-as one plain message; anything else is logged with its traceback and summarised.
+as one plain message; anything else is logged with its traceback and summarised. Text that came from the model,
+a memory or a file is printed through `terminal_text`, so it cannot send the terminal control sequences.
 """
 
 from __future__ import annotations
 
 import argparse
 import io
-import json
 import logging
 import signal
 import sys
@@ -18,6 +18,7 @@ from pathlib import Path
 
 from engine.chat.requests import TurnTicket
 from engine.cli import memory_commands, model_commands, transfer_commands
+from engine.cli.terminal_text import json_text, printable
 from engine.cli.typed_lines import TypedLines
 from engine.errors import InternalError, KnownError
 from engine.events import Done, Failed, MemoryUpdated, Notice, Recalled, RecalledItem, Token, Usage
@@ -57,7 +58,7 @@ def main(argv: list[str]) -> int:
         setup_logging()
         settings, warnings = load_settings()
         for warning in warnings:
-            print(f"warning: {warning}", file=sys.stderr)
+            print(printable(f"warning: {warning}"), file=sys.stderr)
         if args.command in ("memory", "search", "database"):
             return memory_commands.run(args)
         if args.command in transfer_commands.COMMANDS:
@@ -65,8 +66,8 @@ def main(argv: list[str]) -> int:
         if args.command == "models":
             return model_commands.run(args.models_command, path=getattr(args, "path", None), as_json=args.json)
         return run_chat(settings, model_path=args.model, once=args.once, as_json=args.json)
-    except KnownError as exc:
-        print(f"cleo: {exc.user_text()}", file=sys.stderr)
+    except KnownError as exc:  # its message may quote a file's metadata or a chat template
+        print(printable(f"cleo: {exc.user_text()}"), file=sys.stderr)
         return EXIT_KNOWN_ERROR
     except Exception:
         log.exception("cleo %s failed", args.command)
@@ -82,14 +83,15 @@ def run_chat(settings: Settings, *, model_path: Path | None, once: str | None, a
         if once is not None:
             reply = _reply(session, session.send(conversation, once, frontend=FRONTEND), live=not as_json)
             if as_json:
-                print(json.dumps(reply.as_json(model), ensure_ascii=False))
+                print(json_text(reply.as_json(model)))
             if isinstance(reply.error, InternalError):  # a bug, already logged with its traceback
-                print(f"cleo: {reply.error.user_text()}", file=sys.stderr)
+                print(printable(f"cleo: {reply.error.user_text()}"), file=sys.stderr)
                 return EXIT_BUG
             if reply.error is not None:
                 raise reply.error
             return 0
-        print(f"Chatting with {model.name} on the {model.device}. Ctrl+C stops a reply; Ctrl+D or /quit leaves.")
+        print(printable(f"Chatting with {model.name} on the {model.device}. Ctrl+C stops a reply; Ctrl+D or /quit "
+                        "leaves."))
         typed = TypedLines()
         while True:
             try:
@@ -103,7 +105,7 @@ def run_chat(settings: Settings, *, model_path: Path | None, once: str | None, a
             if text:
                 reply = _reply(session, session.send(conversation, text, frontend=FRONTEND), live=True)
                 if reply.error is not None:
-                    print(f"cleo: {reply.error.user_text()}", file=sys.stderr)
+                    print(printable(f"cleo: {reply.error.user_text()}"), file=sys.stderr)
     finally:
         session.close()
 
@@ -133,7 +135,7 @@ def _next_line(session: Session, typed: TypedLines) -> str:
         return typed.read().strip()
     finally:
         for update in learned:
-            print(f"[memory {update.action}: {update.text}]", file=sys.stderr)
+            _print_memory_update(update)
 
 
 def _learn_before_leaving(session: Session, conversation: str) -> None:
@@ -142,9 +144,13 @@ def _learn_before_leaving(session: Session, conversation: str) -> None:
     try:
         while session.learning_pending:
             for update in session.learn_step():
-                print(f"[memory {update.action}: {update.text}]", file=sys.stderr)
+                _print_memory_update(update)
     except KeyboardInterrupt:
         pass
+
+
+def _print_memory_update(update: MemoryUpdated) -> None:
+    print(printable(f"[memory {update.action}: {update.text}]"), file=sys.stderr)
 
 
 @dataclass
@@ -178,17 +184,17 @@ def _reply(session: Session, ticket: TurnTicket, *, live: bool) -> _Reply:
             if isinstance(event, Token):
                 parts.append(event.text)
                 if live:
-                    print(event.text, end="", flush=True)
+                    print(printable(event.text), end="", flush=True)
             elif isinstance(event, Notice):
                 reply.notices.append(event)
                 if live:
-                    print(f"[{event.text}]", file=sys.stderr)
+                    print(printable(f"[{event.text}]"), file=sys.stderr)
             elif isinstance(event, Recalled):
                 reply.recalled.extend(event.items)
             elif isinstance(event, MemoryUpdated):
                 reply.memory_updates.append(event)
                 if live:
-                    print(f"[memory {event.action}: {event.text}]", file=sys.stderr)
+                    _print_memory_update(event)
             elif isinstance(event, Usage):
                 reply.usage = event
             elif isinstance(event, Done):

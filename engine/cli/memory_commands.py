@@ -1,13 +1,16 @@
-"""`cleo memory …`, `cleo search …` and `cleo database restore`: memory and history from the terminal."""
+"""`cleo memory …`, `cleo search …` and `cleo database restore`: memory and history from the terminal.
+
+Memories, titles and snippets are printed through `terminal_text`: they came from models and imports.
+"""
 
 from __future__ import annotations
 
 import argparse
-import json
 import time
 from dataclasses import asdict
 from pathlib import Path
 
+from engine.cli.terminal_text import json_text, printable
 from engine.errors import KnownError
 from engine.memory.book import MEMORY_KINDS, Memory, MemoryBook
 from engine.profile import Profile, open_profile
@@ -59,9 +62,9 @@ def run(args: argparse.Namespace) -> int:
         if args.command == "search":
             hits = memories.store.search(args.query)
             if args.json:
-                print(json.dumps([asdict(h) for h in hits], ensure_ascii=False))
+                print(json_text([asdict(h) for h in hits]))
             for hit in [] if args.json else hits:
-                print(f"{_date(hit.created_at)}  {hit.conversation_title}  ({hit.role}): {hit.snippet}")
+                print(printable(f"{_date(hit.created_at)}  {hit.conversation_title}  ({hit.role}): {hit.snippet}"))
             return 0
         return _memory(args, memories)
     finally:
@@ -73,9 +76,9 @@ def _memory(args: argparse.Namespace, memories: Profile) -> int:
     if command == "list":
         records = book.inbox() if args.inbox else book.memories()
         if args.json:
-            print(json.dumps([asdict(m) for m in records], ensure_ascii=False))
+            print(json_text([asdict(m) for m in records]))
         for m in [] if args.json else records:
-            print(f"{m.id[:8]}  {m.kind:<11} {'📌 ' if m.pinned else ''}{m.content}")
+            print(printable(f"{m.id[:8]}  {m.kind:<11} {'📌 ' if m.pinned else ''}{m.content}"))
         return 0
     if command == "add":
         action, memory = book.add(args.text, args.kind, pinned=args.pin)
@@ -117,23 +120,24 @@ def _search(args: argparse.Namespace, memories: Profile) -> None:
     for query in queries:
         items = memories.recall.search(query, k=args.k, mode=args.mode)
         if args.json:
-            print(json.dumps({"query": query, "results": [asdict(i) for i in items]}, ensure_ascii=False), flush=True)
+            print(json_text({"query": query, "results": [asdict(i) for i in items]}), flush=True)
             continue
         for item in items:
-            print(f"{item.score:.4f}  {_date(item.created_at)}  {item.kind:<7} {item.text[:100]}")
+            print(printable(f"{item.score:.4f}  {_date(item.created_at)}  {item.kind:<7} {item.text[:100]}"))
 
 
 def _full_id(book: MemoryBook, prefix: str) -> str:
-    """Memory ids may be given by their first characters, as `cleo memory list` shows them."""
-    rows = book.conn.execute("SELECT id FROM memories WHERE id LIKE ? || '%'", (prefix,)).fetchall()
-    if len(rows) != 1:
-        raise KnownError(f"{'No' if not rows else 'More than one'} memory has an id starting with {prefix!r}.",
+    """Memory ids may be given by their first characters, as `cleo memory list` shows them; the
+    prefix is compared literally (see `MemoryBook.ids_starting_with`)."""
+    ids = book.ids_starting_with(prefix) if prefix else []
+    if len(ids) != 1:
+        raise KnownError(f"{'No' if not ids else 'More than one'} memory has an id starting with {prefix!r}.",
                          hint="See the ids with `cleo memory list`.")
-    return str(rows[0][0])
+    return ids[0]
 
 
 def _said(prefix: str, memory: Memory) -> None:
-    print(f"{prefix} {memory.content} ({memory.id[:8]})")
+    print(printable(f"{prefix} {memory.content} ({memory.id[:8]})"))
 
 
 def _date(timestamp: float) -> str:

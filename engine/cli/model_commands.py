@@ -1,4 +1,7 @@
-"""`cleo models list` and `cleo models info PATH`: the catalog, printed for people or as JSON."""
+"""`cleo models list` and `cleo models info PATH`: the catalog, printed for people or as JSON.
+
+Names and architectures come from the files' metadata: they are printed through `terminal_text`.
+"""
 
 from __future__ import annotations
 
@@ -7,6 +10,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+from engine.cli.terminal_text import printable
 from engine.models.catalog import ModelCatalog, ModelInfo, read_model_info
 
 
@@ -14,7 +18,7 @@ def run(action: str, *, path: Path | None, as_json: bool) -> int:
     if action == "info":
         assert path is not None  # argparse requires it for `info`
         info = read_model_info(path)
-        print(json.dumps(_as_json(info), indent=2) if as_json else describe(info))
+        print(json.dumps(_as_json(info), indent=2) if as_json else printable(describe(info)))
         return 0
     models, unusable = ModelCatalog().scan()
     if as_json:
@@ -24,9 +28,9 @@ def run(action: str, *, path: Path | None, as_json: bool) -> int:
     if not models and not unusable:
         print("No models yet. Run `python -m training.defaults` to build Cleo's default models.")
     for info in models:
-        print(describe(info), end="\n\n")
+        print(printable(describe(info)), end="\n\n")
     for bad in unusable:
-        print(f"unusable: {bad.path}\n  {bad.problem}\n")
+        print(printable(f"unusable: {bad.path}\n  {bad.problem}\n"))
     return 0
 
 
@@ -49,4 +53,4 @@ def _as_json(info: ModelInfo) -> dict[str, Any]:
     data["is_embedding_model"] = info.is_embedding_model
     data["has_chat_template"] = info.has_chat_template
     del data["chat_template"]  # long; `has_chat_template` says what the list needs
-    return data
+    return data  # printed with json.dumps' default ensure_ascii: every control character escaped

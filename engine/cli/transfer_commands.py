@@ -6,19 +6,21 @@
     cleo export --all [--output FILE] every conversation but temporary chats, as JSON
 
 Without --output an export goes to standard output, so it can be piped; the summary then goes to
-standard error. `engine.cli.main` registers the commands with `add_commands` and hands them to `run`.
+standard error. With --output the file is private (0600) and replaced whole, or left as it was.
+`engine.cli.main` registers the commands with `add_commands` and hands them to `run`.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 from typing import Any
 
+from engine.cli.terminal_text import json_text, printable
 from engine.errors import KnownError
 from engine.profile import Profile, open_profile
+from engine.transfer import write_export
 
 COMMANDS = ("import", "export")
 
@@ -43,7 +45,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         if args.command == "import":
             report = profile.import_chats(args.source, args.file)
-            print(f"Imported {args.file}: {report.summary()}.")
+            print(printable(f"Imported {args.file}: {report.summary()}."))
             return 0
         return _export(profile, args)
     finally:
@@ -57,28 +59,24 @@ def _export(profile: Profile, args: argparse.Namespace) -> int:
     if args.all and args.format == "markdown":
         raise KnownError("`cleo export --all` writes JSON only.",
                          hint="Export one conversation at a time as Markdown, or leave out --format.")
+    exported: str | dict[str, Any]
     if args.all:
-        document = profile.export_everything()
-        text, what = _json_text(document), f"{len(document['conversations'])} conversation(s)"
+        exported = profile.export_everything()
+        what = f"{len(exported['conversations'])} conversation(s)"
     else:
         exported = profile.export_chat(args.conversation_id, args.format or "markdown")
-        text = exported if isinstance(exported, str) else _json_text(exported)
         what = f"conversation {args.conversation_id}"
-    _write(text, args.output)
-    print(f"Exported {what} to {args.output or 'standard output'}.", file=sys.stderr if args.output is None else None)
+    if args.output is None:
+        text = exported if isinstance(exported, str) else _json_text(exported)
+        # A terminal would obey control characters in a chat's text; a pipe gets the exact text.
+        sys.stdout.write(printable(text) if sys.stdout.isatty() else text)
+    else:
+        write_export(args.output, exported)  # private, and all or nothing: a failure keeps the old file
+    print(printable(f"Exported {what} to {args.output or 'standard output'}."),
+          file=sys.stderr if args.output is None else None)
     return 0
 
 
 def _json_text(document: dict[str, Any]) -> str:
-    return json.dumps(document, ensure_ascii=False, indent=2) + "\n"
+    return json_text(document, indent=2) + "\n"
 
-
-def _write(text: str, output: Path | None) -> None:
-    if output is None:
-        sys.stdout.write(text)
-        return
-    try:
-        output.write_text(text, encoding="utf-8")
-    except OSError as exc:
-        raise KnownError(f"Cleo cannot write {output} ({exc.strerror or exc}).",
-                         hint="Choose a folder that exists and that you can write to.") from exc

@@ -4,7 +4,11 @@ Memories (profile, preference, fact, event, instruction) live in the database wi
 every change and its reason. Nothing is overwritten: a contradiction supersedes the old memory
 (kept, marked, visible in its history); a near-duplicate bumps the one already there; with "ask
 before remembering" on, proposals wait in an inbox for approval. The book also keeps the vectors
-of memories and messages that recall searches, and can scrub deleted text from the file.
+of memories and messages that recall searches.
+
+Forgetting is the exception to "nothing is overwritten": a forgotten memory goes with the versions
+it replaced, the summary it was made from and the text of their history, and the text leaves the
+database file, its log and the backups (`engine.storage.forgetting`).
 """
 
 from __future__ import annotations
@@ -20,8 +24,9 @@ import numpy as np
 from engine.chat.conversation import Message
 from engine.errors import KnownError
 from engine.memory.recall import Embeds, vector_bytes
-from engine.memory.vectors import vector_index
+from engine.memory.vectors import forget_vectors, vector_index
 from engine.storage.database import Database
+from engine.storage.forgetting import erase_deleted
 
 MEMORY_KINDS = ("profile", "preference", "fact", "event", "instruction")
 _DUPLICATE_SIMILARITY = 0.92  # cosine above which two memories say the same thing (MiniLM)
@@ -96,11 +101,19 @@ class MemoryBook:
         return [_record(r) for r in rows]
 
     def derived_from(self, conversation_id: str) -> list[Memory]:
-        """Memories learned from a conversation: what to ask about before deleting it."""
+        """Memories learned from a conversation, whatever became of them since (corrected, no longer
+        true): what deleting it with what was learned forgets. Oldest first, so that forgetting them
+        in this order never meets one already forgotten as a version of another."""
         rows = self.conn.execute(
-            f"SELECT {_COLUMNS} FROM memories WHERE source_conversation_id = ? "
-            "AND status IN ('active', 'proposed') ORDER BY created_at, rowid", (conversation_id,)).fetchall()
+            f"SELECT {_COLUMNS} FROM memories WHERE source_conversation_id = ? ORDER BY created_at, rowid",
+            (conversation_id,)).fetchall()
         return [_record(r) for r in rows]
+
+    def ids_starting_with(self, prefix: str) -> list[str]:
+        """Ids of the memories whose id starts with `prefix`, taken literally (`%` and `_` too)."""
+        rows = self.conn.execute("SELECT id FROM memories WHERE substr(id, 1, length(?)) = ? ORDER BY id",
+                                 (prefix, prefix)).fetchall()
+        return [row[0] for row in rows]
 
     def inbox(self) -> list[Memory]:
         return self.memories(status="proposed")
@@ -188,7 +201,8 @@ class MemoryBook:
         self._delete(memory_id, "rejected", "rejected by you")
 
     def forget(self, memory_id: str, *, reason: str = "forgotten at your request") -> None:
-        """Delete a memory and the text of its history; the log keeps only that it was forgotten."""
+        """Delete a memory with the versions it replaced and the summary it was made from, and the
+        text of their history; the log keeps only that it was forgotten."""
         self.get(memory_id)
         self._delete(memory_id, "forgotten", reason)
 
@@ -228,17 +242,24 @@ class MemoryBook:
             conn.execute("DELETE FROM memories")
             conn.execute("DELETE FROM memory_log")
             conn.execute("DELETE FROM summaries")
-            conn.execute("INSERT INTO memories_fts(memories_fts) VALUES ('optimize')")
-        scrub_free_space(self.database)
+            conn.execute("DELETE FROM reply_recalls WHERE kind = 'memory'")
+        erase_deleted(self.database, "memories_fts")
 
     def _delete(self, memory_id: str, action: str, reason: str) -> None:
-        rowid = self.conn.execute("SELECT rowid FROM memories WHERE id = ?", (memory_id,)).fetchone()[0]
-        vector_index(self.database, "memory_vectors").remove([rowid])
+        versions = self.conn.execute(
+            """WITH RECURSIVE versions(id) AS (
+                 SELECT ? UNION SELECT m.id FROM memories m JOIN versions v ON m.superseded_by = v.id)
+               SELECT m.rowid, m.id FROM versions v JOIN memories m ON m.id = v.id""", (memory_id,)).fetchall()
+        forget_vectors(self.database, "memory_vectors", [r[0] for r in versions])
+        ids = [(r[1],) for r in versions]
         with self.database.write() as conn:
-            conn.execute("UPDATE memory_log SET content = '' WHERE memory_id = ?", (memory_id,))
-            conn.execute("DELETE FROM memories WHERE id = ?", (memory_id,))
+            conn.executemany("UPDATE memory_log SET content = '' WHERE memory_id = ?", ids)
+            conn.executemany("DELETE FROM summaries WHERE memory_id = ?", ids)
+            conn.executemany("DELETE FROM reply_recalls WHERE kind = 'memory' AND item_id = ?", ids)
+            conn.executemany("UPDATE memories SET replaces = NULL WHERE replaces = ?", ids)
+            conn.executemany("DELETE FROM memories WHERE id = ?", ids)
             _log(conn, memory_id, action, "", reason, None)
-            conn.execute("INSERT INTO memories_fts(memories_fts) VALUES ('optimize')")
+        erase_deleted(self.database, "memories_fts")
 
     # --- vectors ----------------------------------------------------------------------------------
 
@@ -315,12 +336,6 @@ class MemoryBook:
                 conn.executemany(f"INSERT INTO {vectors}(rowid, embedding) VALUES (?, ?)",
                                  [(r[0], vector_bytes(v)) for r, v in zip(chunk, embedded, strict=True)])
             index.add([r[0] for r in chunk], embedded)
-
-
-def scrub_free_space(database: Database) -> None:
-    """Rewrite the file without free pages and empty the write-ahead log, so deleted text is gone."""
-    database.conn.execute("VACUUM")
-    database.conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
 
 
 def _clean(content: str) -> str:

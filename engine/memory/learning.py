@@ -5,6 +5,8 @@ database (table `learning_queue`), so closing Cleo, or a crash, before the idle 
 learning runs loses nothing. `Learning.learn` takes the queue one item per model call: a turn
 becomes ADD / SUPERSEDE / NONE of a memory (`EXTRACTION_SCHEMA`), a stretch of conversation
 becomes an episodic summary (`SUMMARY_SCHEMA`, table `summaries`) saved as an "event" memory.
+An item leaves the queue only once what it taught is saved: a crash or an error in between leaves
+it there, to be tried again, `_ATTEMPTS` times at most.
 """
 
 from __future__ import annotations
@@ -56,6 +58,7 @@ _SUMMARY_INSTRUCTIONS = (
     "user wanted, what was decided or learned, and anything to follow up. Write about 'the user'."
 )
 _SUMMARY_MESSAGES = 40  # the newest messages of a long stretch are enough for a summary
+_ATTEMPTS = 3  # an item whose learning failed this often (a bug, or a crash each time) is given up
 
 # "Remember that …" and "forget that …": done when the user says them, so never learned again later.
 REMEMBER_REQUEST = re.compile(r"^\s*(?:please\s+)?remember\s+(?:that\s+)?(?P<what>.+)", re.IGNORECASE | re.DOTALL)
@@ -99,9 +102,11 @@ class Learning:
         done = 0
         while (at_most is None or done < at_most) and (queued := self._next_queued()) is not None:
             done += 1
-            kind, conversation_id, messages = queued
+            item, kind, conversation_id, messages = queued
             update = (self._summarise(ask, conversation_id, messages) if kind == "summary"
                       else self._learn_from(ask, conversation_id, messages, propose))
+            with self.book.database.write() as conn:  # only now: what it taught is saved
+                conn.execute("DELETE FROM learning_queue WHERE id = ?", (item,))
             if update is not None:
                 updates.append(update)
         return updates
@@ -115,22 +120,28 @@ class Learning:
             conn.execute("INSERT INTO learning_queue (conversation_id, kind, message_ids, queued_at) "
                          "VALUES (?, ?, ?, ?)", (conversation_id, kind, ids, time.time()))
 
-    def _next_queued(self) -> tuple[str, str, list[Message]] | None:
-        """Take the oldest queued work, summaries first (they cover turns that left the context).
-        It leaves the queue before the model is asked: work that failed is not retried forever."""
-        row = self.book.conn.execute("SELECT id, kind, conversation_id, message_ids FROM learning_queue "
-                                     "ORDER BY kind = 'summary' DESC, id LIMIT 1").fetchone()
-        if row is None:
-            return None
-        with self.book.database.write() as conn:
-            conn.execute("DELETE FROM learning_queue WHERE id = ?", (row[0],))
+    def _next_queued(self) -> tuple[int, str, str, list[Message]] | None:
+        """The oldest queued work, summaries first (they cover turns that left the context), counted
+        as one more attempt; work that failed `_ATTEMPTS` times is given up, not retried for ever."""
+        while True:
+            row = self.book.conn.execute("SELECT id, kind, conversation_id, message_ids, attempts FROM learning_queue "
+                                         "ORDER BY kind = 'summary' DESC, id LIMIT 1").fetchone()
+            if row is None:
+                return None
+            with self.book.database.write() as conn:
+                if row[4] < _ATTEMPTS:
+                    conn.execute("UPDATE learning_queue SET attempts = attempts + 1 WHERE id = ?", (row[0],))
+                    break
+                conn.execute("DELETE FROM learning_queue WHERE id = ?", (row[0],))
+            log.warning("gave up learning from a %s of conversation %s after %d failed attempts",
+                        row[1], row[2], row[4])
         messages = []
         for message_id in json.loads(row[3]):
             try:
                 messages.append(self.store.message(message_id))
             except ConversationMissing:
                 continue  # deleted since (its chat's queue entries go with the chat)
-        return row[1], row[2], messages
+        return row[0], row[1], row[2], messages
 
     def _learn_from(self, ask: AskJson, conversation_id: str, messages: list[Message],
                     propose: bool) -> MemoryUpdated | None:

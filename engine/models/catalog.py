@@ -2,7 +2,8 @@
 
 Cleo's own models folder is always scanned; users may add folders of other apps (LM Studio,
 GPT4All) or any folder of `.gguf` files. Each file's header is read and checked by
-`engine.models.gguf_header`; a file that fails is listed with its problem instead of its facts, so the
+`engine.models.gguf_header` (which opens regular files only, so a pipe named `x.gguf` cannot
+block the scan); a file that fails is listed with its problem instead of its facts, so the
 model manager can say what is wrong with it.
 """
 
@@ -81,8 +82,11 @@ def read_model_info(path: Path) -> ModelInfo:
         raise ModelFileInvalid(f"{path} holds only a vocabulary, no model weights.", hint="Choose a full model file.")
 
     def number(key: str) -> int:
+        """A size or count from the header; 0 when it is missing or no count at all (text, NaN, infinite, negative)."""
         value = meta.get(f"{arch}.{key}", 0)
-        return int(value) if isinstance(value, int | float) else 0
+        if isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value < 2**63:
+            return 0  # NaN fails the comparison too
+        return int(value)
 
     return ModelInfo(
         path=path,

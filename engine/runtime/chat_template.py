@@ -1,95 +1,111 @@
-"""A model's Jinja chat template, compiled and rendered in a strict sandbox.
+"""A model's Jinja chat template, compiled and rendered in a strict sandbox, bounded in time and memory.
 
 Used by the runtime (to build prompts) and by training (to build the same text it learns from),
 so both render a conversation identically. Templates come from model files, i.e. from strangers:
-the sandbox fails at the first attempt to reach Python internals instead of rendering it as
-empty, and any failure of the template is reported as `ChatTemplateInvalid`.
+the sandbox (`template_sandbox`) fails at the first attempt to reach Python internals instead of
+rendering it as empty and refuses to build huge values, and the render process
+(`template_process`) stops whatever still runs too long or allocates too much. Every failure of a
+template, whatever its kind, is reported as `ChatTemplateInvalid` naming the model file.
 """
 
 from __future__ import annotations
 
-import json
+import time
 from collections.abc import Sequence
-from datetime import datetime
-from typing import Any, NoReturn
 
 import jinja2
-import jinja2.ext
-from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 from engine.errors import ChatTemplateInvalid
+from engine.runtime import template_process, template_sandbox
+from engine.runtime.template_process import RENDER_SECONDS, RenderFailed
 
 _HINT = "Choose another model, or one converted with a working chat template."
-
-
-class _StrictSandbox(ImmutableSandboxedEnvironment):
-    """Jinja's immutable sandbox, failing at the first unsafe attribute instead of rendering it as empty."""
-
-    def unsafe_undefined(self, obj: Any, attribute: str) -> jinja2.Undefined:
-        raise jinja2.exceptions.SecurityError(f"access to {attribute!r} of a {type(obj).__name__} is unsafe")
-
-
-class _GenerationTags(jinja2.ext.Extension):
-    """`{% generation %}...{% endgeneration %}` (Hugging Face's marker for assistant text) renders its body."""
-
-    tags = {"generation"}  # noqa: RUF012  # jinja2 declares it as a plain attribute
-
-    def parse(self, parser: Any) -> Any:
-        next(parser.stream)
-        return parser.parse_statements(("name:endgeneration",), drop_needle=True)
-
-
-def _raise_exception(message: str) -> NoReturn:
-    """`raise_exception(...)`, which Hugging Face chat templates call to refuse a conversation."""
-    raise jinja2.exceptions.TemplateError(message)
-
-
-def _tojson(value: Any, indent: int | None = None, separators: tuple[str, str] | None = None,
-            ensure_ascii: bool = False, sort_keys: bool = False) -> str:
-    return json.dumps(value, indent=indent, separators=separators, ensure_ascii=ensure_ascii, sort_keys=sort_keys)
+_DO_NOT_USE = "Do not use this file; get the model from a source you trust."
 
 
 class ChatTemplate:
     """Rendered as llama.cpp's Python bindings render it: `trim_blocks`, `lstrip_blocks`,
-    `bos_token`/`eos_token`, `raise_exception`, `strftime_now`. `origin` names the model file in errors."""
+    `bos_token`/`eos_token`, `raise_exception`, `strftime_now`. `origin` names the model file in errors.
 
-    def __init__(self, source: str, *, bos_token: str = "", eos_token: str = "", origin: str = "the model") -> None:
-        environment = _StrictSandbox(loader=jinja2.BaseLoader(), trim_blocks=True, lstrip_blocks=True,
-                                     extensions=[_GenerationTags, "jinja2.ext.loopcontrols"])
-        environment.filters["tojson"] = _tojson
-        self.origin = origin
-        try:
-            self._template = environment.from_string(source)
-        except Exception as exc:  # syntax errors, and anything else compiling a stranger's template raises
-            raise ChatTemplateInvalid(f"The chat template in {origin} is not a valid template: it does not compile "
-                                      f"({exc}).", hint=_HINT) from exc
+    A template renders in the render process, within `RENDER_SECONDS` and its memory limit.
+    `isolated=False` renders in this process instead (still sandboxed and size-guarded, but with no
+    deadline or memory limit): only for a template Cleo wrote itself, never one from a file.
+    """
+
+    def __init__(self, source: str, *, bos_token: str = "", eos_token: str = "", origin: str = "the model",
+                 isolated: bool = True) -> None:
         self.source = source
-        self._globals = {"bos_token": bos_token, "eos_token": eos_token, "raise_exception": _raise_exception,
-                         "strftime_now": lambda fmt: datetime.now().strftime(fmt)}
+        self.origin = origin
+        self._tokens = (bos_token, eos_token)
+        self._process = template_process.shared() if isolated else None
+        self._local: jinja2.Template | None = None
+        # Compiled now, so a template that does not compile fails when the model loads, not mid-chat.
+        if self._process is not None:
+            self._call(("compile", source), time.monotonic() + RENDER_SECONDS)
+            return
+        try:
+            self._local = template_sandbox.compile_template(source)
+        except Exception as exc:  # syntax errors, and anything else compiling a stranger's template raises
+            raise self._invalid("compile", str(exc)) from exc
 
     def render(self, messages: Sequence[dict[str, str]], *, add_generation_prompt: bool = False) -> str:
         """The text of `messages`; with `add_generation_prompt`, followed by the start of an assistant reply.
 
-        A template that refuses a system message gets it folded into the first user message.
+        A template that refuses a system message gets it folded into the first user message. Both
+        tries together finish within `RENDER_SECONDS`.
         """
+        deadline = time.monotonic() + RENDER_SECONDS
         try:
-            return self._render(messages, add_generation_prompt)
-        except ChatTemplateInvalid:
-            if len(messages) < 2 or messages[0]["role"] != "system":
+            return self._render(messages, add_generation_prompt, deadline)
+        except ChatTemplateInvalid as exc:
+            refused = isinstance(exc.__cause__, RenderFailed) and exc.__cause__.kind == "failed"
+            if not refused or len(messages) < 2 or messages[0]["role"] != "system":
                 raise
             first = {"role": messages[1]["role"], "content": f"{messages[0]['content']}\n\n{messages[1]['content']}"}
-            return self._render([first, *messages[2:]], add_generation_prompt)
+            return self._render([first, *messages[2:]], add_generation_prompt, deadline)
 
-    def _render(self, messages: Sequence[dict[str, str]], add_generation_prompt: bool) -> str:
+    def _render(self, messages: Sequence[dict[str, str]], add_generation_prompt: bool, deadline: float) -> str:
+        plain = [dict(m) for m in messages]
+        if self._process is not None:
+            return self._call(("render", self.source, plain, add_generation_prompt, *self._tokens), deadline)
+        assert self._local is not None
         try:
-            return str(self._template.render(messages=list(messages), add_generation_prompt=add_generation_prompt,
-                                             **self._globals))
+            return template_sandbox.render(self._local, plain, add_generation_prompt=add_generation_prompt,
+                                           bos_token=self._tokens[0], eos_token=self._tokens[1])
+        except template_sandbox.TemplateTooCostly as exc:
+            raise self._invalid("limit", str(exc)) from RenderFailed("limit", str(exc))
         except jinja2.exceptions.SecurityError as exc:
-            raise ChatTemplateInvalid(
-                f"The chat template in {self.origin} tried to reach Python internals, which a template must not "
-                f"touch ({exc}); Cleo refused to run it.",
-                hint="Do not use this file; get the model from a source you trust.",
-            ) from exc
+            raise self._invalid("unsafe", str(exc)) from RenderFailed("unsafe", str(exc))
         except Exception as exc:  # the template is code from the model file: its failures are the file's
-            raise ChatTemplateInvalid(f"The chat template in {self.origin} failed on this conversation "
-                                      f"({type(exc).__name__}: {exc}).", hint=_HINT) from exc
+            detail = f"{type(exc).__name__}: {exc}"
+            raise self._invalid("failed", detail) from RenderFailed("failed", detail)
+
+    def _call(self, request: tuple[object, ...], deadline: float) -> str:
+        assert self._process is not None
+        try:
+            return self._process.request(request, deadline - time.monotonic())
+        except RenderFailed as exc:
+            raise self._invalid(exc.kind, exc.detail) from exc
+
+    def _invalid(self, kind: str, detail: str) -> ChatTemplateInvalid:
+        """The error for a template that failed in the way `kind` says (see `template_process._answer`)."""
+        where = f"The chat template in {self.origin}"
+        if kind == "compile":
+            return ChatTemplateInvalid(f"{where} is not a valid template: it does not compile ({detail}).", hint=_HINT)
+        if kind == "unsafe":
+            return ChatTemplateInvalid(f"{where} tried to reach Python internals, which a template must not "
+                                       f"touch ({detail}); Cleo refused to run it.", hint=_DO_NOT_USE)
+        if kind == "limit":
+            return ChatTemplateInvalid(f"{where} tried to build far more than any prompt needs ({detail}); "
+                                       "Cleo stopped it.", hint=_DO_NOT_USE)
+        if kind == "memory":
+            return ChatTemplateInvalid(f"{where} needed more than {template_process.MEMORY_BYTES // 2**20} MB of "
+                                       "memory for this conversation; Cleo stopped it.", hint=_DO_NOT_USE)
+        if kind == "time":
+            return ChatTemplateInvalid(f"{where} did not finish within {RENDER_SECONDS} s on this conversation "
+                                       "(a prompt takes milliseconds); Cleo stopped it.", hint=_DO_NOT_USE)
+        if kind == "crashed":
+            return ChatTemplateInvalid(f"{where} crashed the process that renders templates ({detail}); Cleo "
+                                       "started a new one.", hint=_DO_NOT_USE)
+        return ChatTemplateInvalid(f"{where} failed on this conversation ({detail}).", hint=_HINT)
+

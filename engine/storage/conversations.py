@@ -14,13 +14,14 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from engine.chat.conversation import Conversation, ConversationMissing, Message
 from engine.memory.vectors import forget_vectors
 from engine.storage.database import Database
+from engine.storage.forgetting import erase_deleted
 from engine.storage.records import ConversationRecord, MessageIdTaken, MessageRecord, SaveOutcome
 
 _CONVERSATION_COLUMNS = "id, title, system_prompt, created_at, current_leaf_id"
@@ -207,14 +208,20 @@ class SqliteConversationStore:
         return bool(row and row[0] and not row[1])
 
     def delete_conversation(self, conversation_id: str) -> None:
-        """Delete the conversation with its messages, their search index and vectors, and summaries."""
+        """Delete the conversation and everything derived from it: its messages, their search index
+        and vectors, its summaries, its queued learning, what its replies recalled and where its
+        messages were recalled; then its text leaves the file, the log and the backups
+        (`erase_deleted`). Memories learned from it stay: the caller forgets them if asked."""
         rowids = [r[0] for r in self.conn.execute("SELECT rowid FROM messages WHERE conversation_id = ?",
                                                   (conversation_id,))]
         forget_vectors(self.database, "message_vectors", rowids)
         with self.database.write() as conn:
+            # Its summaries, queued learning and its replies' recalls go with it (ON DELETE CASCADE).
+            conn.execute("DELETE FROM reply_recalls WHERE kind = 'message' AND item_id IN "
+                         "(SELECT id FROM messages WHERE conversation_id = ?)", (conversation_id,))
             conn.execute("DELETE FROM messages WHERE conversation_id = ?", (conversation_id,))
             conn.execute("DELETE FROM conversations WHERE id = ?", (conversation_id,))
-        _compact_search_index(self.database, "messages_fts")
+        erase_deleted(self.database, "messages_fts")
 
     def close_temporary(self, conversation_id: str) -> None:
         """A temporary chat leaves nothing behind once closed."""
@@ -267,10 +274,11 @@ class SqliteConversationStore:
                                   archived=bool(row[5]), model=row[6], system_prompt=row[7],
                                   memory_enabled=bool(row[8]), current_key=row[9], messages=messages)
 
-    def save_records(self, records: Sequence[ConversationRecord]) -> list[tuple[SaveOutcome, int]]:
+    def save_records(self, records: Iterable[ConversationRecord]) -> list[tuple[SaveOutcome, int]]:
         """Save conversations with their messages in one transaction: all of them, or (on an error,
         such as `MessageIdTaken`) none. A conversation or message saved before is not saved again,
-        so only what is new is added. Returns, per record, what was done and how many messages were added."""
+        so only what is new is added. Returns, per record, what was done and how many messages were added.
+        `records` is read once, inside the transaction, so an import may pass a stream whose errors roll back."""
         with self.database.write() as conn:
             return [_save_record(conn, record) for record in records]
 
@@ -306,12 +314,6 @@ def any_of(words: list[str]) -> str:
 def fts_query(text: str) -> str:
     """`text` as an FTS5 query of its words, any of which may match."""
     return any_of(query_words(text))
-
-
-def _compact_search_index(database: Database, table: str) -> None:
-    """Merge the full-text index so deleted words leave its pages, not just a tombstone."""
-    with database.write() as conn:
-        conn.execute(f"INSERT INTO {table}({table}) VALUES ('optimize')")
 
 
 def _save_record(conn: Any, record: ConversationRecord) -> tuple[SaveOutcome, int]:

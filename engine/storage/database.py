@@ -5,11 +5,18 @@ load extensions) with sqlite-vec loaded, WAL, foreign keys and secure delete on.
 file is intact, takes a lock so a second Cleo cannot write the same profile, proves vec0 and FTS5
 work, and brings the schema up to date (`engine.storage.migrations`).
 
+The profile is private: its folder is 0700 and the database, its `-wal` and `-shm`, the lock and
+the backups are 0600 on POSIX whatever the umask. SQLite gives `-wal` and `-shm` the database
+file's mode, so the file is created 0600 before SQLite opens it, and files an older Cleo left
+with wider modes are narrowed at each open. On Windows the same calls run and change nothing:
+a user's profile folders are theirs alone already.
+
 A damaged file is never recreated silently: the error names it and the latest backup.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 import time
@@ -22,9 +29,13 @@ import sqlean
 import sqlite_vec
 
 from engine.errors import KnownError
-from engine.paths import ensure
+from engine.paths import ensure, make_private_file
 from engine.storage.migrations import backups_folder, migrate
-from engine.storage.profile_lock import DatabaseInUse, default_database_path, lock_profile, unlock
+from engine.storage.profile_lock import DatabaseInUse, default_database_path, lock_file, lock_profile, unlock
+
+log = logging.getLogger(__name__)
+
+_CHECKPOINT_TRIES = 2  # each waits up to the connection's busy timeout for readers to finish
 
 
 class DatabaseDamaged(KnownError):
@@ -47,24 +58,53 @@ class Database:
         self.conn = conn
         self._lock = lock
         self.caches: dict[str, object] = {}  # in-memory state derived from this connection's data
+        self.log_not_emptied = False  # a checkpoint was refused: deleted text may still be in the -wal file
 
     @contextmanager
     def write(self) -> Iterator[Any]:
-        """One transaction: committed when the block ends, rolled back on an error."""
+        """One transaction: committed when the block ends, rolled back on an error (a failed COMMIT
+        included), and the error that failed it is the one raised."""
         try:
             self.conn.execute("BEGIN IMMEDIATE")
             try:
                 yield self.conn
+                self.conn.execute("COMMIT")
             except BaseException:
-                self.conn.execute("ROLLBACK")
+                self._roll_back()
                 raise
-            self.conn.execute("COMMIT")
         except sqlean.OperationalError as exc:
             raise _write_error(self.path, exc) from exc
 
+    def _roll_back(self) -> None:
+        """End the failed transaction, if SQLite has not ended it already (it does on some errors:
+        a full disk, an I/O error). A failure here is logged, never raised: it would hide the
+        error that made the transaction fail, which is the one the user must see."""
+        if not self.conn.in_transaction:
+            return
+        try:
+            self.conn.execute("ROLLBACK")
+        except sqlean.Error:
+            log.exception("could not roll back a failed transaction on %s", self.path)
+
+    def empty_log(self) -> bool:
+        """Copy the write-ahead log into the database and truncate it to nothing, so pages that
+        held deleted text leave the `-wal` file; whether it was done.
+
+        A reader in the middle of a transaction makes SQLite refuse (it reports "busy" rather than
+        failing): retried, then logged and retried at the next delete and at close."""
+        for _ in range(_CHECKPOINT_TRIES):
+            busy, _, _ = self.conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+            if not busy:
+                self.log_not_emptied = False
+                return True
+        log.warning("the write-ahead log of %s could not be emptied (a reader kept it busy); "
+                    "trying again at the next delete and when Cleo closes", self.path)
+        self.log_not_emptied = True
+        return False
+
     def reader(self) -> Database:
         """A second connection for reading on another thread (WAL lets it read while we write)."""
-        return Database(self.path, _connect(self.path), None)
+        return Database(self.path, connect(self.path), None)
 
     def close(self) -> None:
         for cached in self.caches.values():
@@ -72,6 +112,11 @@ class Database:
             if closer is not None:
                 closer()
         self.caches.clear()
+        if self.log_not_emptied:
+            try:
+                self.empty_log()
+            except sqlean.Error:  # closing must not fail; the log says deleted text may be left
+                log.exception("could not empty the write-ahead log of %s at close", self.path)
         self.conn.close()
         if self._lock is not None:
             unlock(self._lock)
@@ -85,7 +130,8 @@ def open_database(path: Path | None = None) -> Database:
     lock = lock_profile(path)
     try:
         existed = path.exists() and path.stat().st_size > 0
-        conn = _connect(path)
+        make_private_files(path)
+        conn = connect(path)
         if existed:
             _check_intact(path, conn)
         database = Database(path, conn, lock)
@@ -97,7 +143,24 @@ def open_database(path: Path | None = None) -> Database:
         raise
 
 
-def _connect(path: Path) -> Any:
+def make_private_files(path: Path) -> None:
+    """The database (created empty if missing, before SQLite creates it with the umask's mode), its
+    `-wal` and `-shm`, its lock and its backups: readable and writable by the user alone."""
+    make_private_file(path)
+    for side in (path.with_name(path.name + "-wal"), path.with_name(path.name + "-shm"), lock_file(path)):
+        if side.exists():
+            make_private_file(side)
+    backups = backups_folder(path)
+    if backups.is_dir():
+        ensure(backups)
+        for backup in backups.iterdir():
+            if backup.is_file() and not backup.is_symlink():
+                make_private_file(backup)
+
+
+def connect(path: Path, *, journal_mode: str = "WAL") -> Any:
+    """A connection as Cleo needs it: sqlite-vec loaded, foreign keys and secure delete on.
+    Backups are single files: they are opened with `journal_mode` "DELETE"."""
     conn = sqlean.connect(str(path), isolation_level=None, check_same_thread=True, timeout=5.0)
     try:
         conn.enable_load_extension(True)
@@ -108,7 +171,7 @@ def _connect(path: Path) -> Any:
         raise InstallationIncomplete(f"Cleo's vector search extension could not be loaded ({exc}).",
                                      hint="Reinstall Cleo; your chats and memories are not affected.") from exc
     try:
-        conn.execute("PRAGMA journal_mode = WAL")
+        conn.execute(f"PRAGMA journal_mode = {journal_mode}")
         conn.execute("PRAGMA synchronous = NORMAL")  # with WAL: a crash of Cleo loses nothing committed
         conn.execute("PRAGMA foreign_keys = ON")
         conn.execute("PRAGMA secure_delete = ON")  # deleted text is overwritten, not left in free pages
@@ -157,7 +220,8 @@ def restore_latest_backup(path: Path) -> Path:
         side = path.with_name(path.name + suffix)
         if side.exists():
             os.replace(side, damaged.with_name(damaged.name + suffix))
-    shutil.copy2(backup, path)
+    make_private_file(path)
+    shutil.copyfile(backup, path)  # into the 0600 file: a copy of the backup's mode could be wider
     return backup
 
 

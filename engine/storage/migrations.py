@@ -2,7 +2,9 @@
 
 A migration is never edited once it has shipped; a change to the schema is a new migration.
 `migrate` applies the missing ones, each in its own transaction recorded in `schema_migrations`,
-after copying an existing file to `backups/` (the newest few are kept).
+after copying an existing file to `backups/` (the newest few are kept). A backup is one private
+(0600) file, and it never keeps what the user deleted since it was made: every delete brings the
+backups in line with the profile (`engine.storage.forgetting`).
 
 sqlite-utils is not used (nor a dependency): Cleo's schema needs FTS5 tables with their own
 tokenizer and external content, vec0 virtual tables and triggers, none of which sqlite-utils'
@@ -20,7 +22,7 @@ from typing import TYPE_CHECKING
 
 import sqlean
 
-from engine.paths import ensure
+from engine.paths import ensure, make_private_file
 
 if TYPE_CHECKING:
     from engine.storage.database import Database
@@ -172,6 +174,11 @@ CREATE TABLE reply_recalls (
   PRIMARY KEY (reply_id, position)
 );
 """),
+    # How often learning has started on a queued item: an item is removed only once what it taught
+    # is saved, so one that crashes Cleo each time must not be tried at every start for ever.
+    Migration("0006-learning-attempts", """
+ALTER TABLE learning_queue ADD COLUMN attempts INTEGER NOT NULL DEFAULT 0;
+"""),
 ]
 
 
@@ -218,10 +225,11 @@ def backups_folder(path: Path) -> Path:
 def backup_database(database: Database, *, reason: str) -> Path:
     """A consistent copy of the database in `backups/`, keeping the newest few."""
     folder = ensure(backups_folder(database.path))
-    target = folder / f"{database.path.stem}-{time.strftime('%Y%m%d-%H%M%S')}-{reason}.db"
+    target = make_private_file(folder / f"{database.path.stem}-{time.strftime('%Y%m%d-%H%M%S')}-{reason}.db")
     copy = sqlean.connect(str(target))
     try:
         database.conn.backup(copy)
+        copy.execute("PRAGMA journal_mode = DELETE")  # one file, not a -wal and -shm beside it
     finally:
         copy.close()
     for old in sorted(folder.glob(f"{database.path.stem}-*.db"))[:-_KEEP_BACKUPS]:

@@ -3,6 +3,7 @@
 Apart from database.py so that a second launch can ask "is this profile open?" before it shows
 a window, without importing SQLite. The lock is a byte-range/flock lock on a file beside the
 database: the OS drops it when the process ends, so a crash never leaves the profile locked.
+The lock file is empty and private (0600 on POSIX) like everything else in the profile.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from pathlib import Path
 from typing import IO
 
 from engine.errors import KnownError
-from engine.paths import folders
+from engine.paths import folders, make_private_file
 
 DATABASE_FILE = "cleo.db"
 _TRIES = 5
@@ -33,7 +34,7 @@ def lock_file(database: Path) -> Path:
 
 def lock_profile(database: Path) -> IO[bytes]:
     """Take the profile's lock, held until `unlock`; raises DatabaseInUse when another Cleo holds it."""
-    lock = lock_file(database).open("a+b")
+    lock = make_private_file(lock_file(database)).open("a+b")
     # A second launch's `in_use` holds the lock for a moment: wait that out before refusing.
     for attempt in range(_TRIES):
         if attempt:

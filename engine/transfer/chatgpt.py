@@ -14,6 +14,7 @@ import hashlib
 import json
 import time
 import zipfile
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -21,17 +22,21 @@ from typing import Any
 from engine.storage.database import Database
 from engine.storage.records import ConversationRecord, MessageRecord
 from engine.transfer.importing import (
-    NUMBER,
     ImportReport,
     Place,
     as_object,
     check_unique,
+    clean_text,
     field_value,
-    kind_of,
+    is_identifier,
+    optional_timestamp,
     parents_first,
-    read_json,
     save,
+    shown,
+    text,
+    timestamp,
 )
+from engine.transfer.reading import JsonRecords, open_records
 
 CHATGPT_ID_PREFIX = "chatgpt-"
 
@@ -66,13 +71,19 @@ class _Tree:
 
 
 def import_chatgpt(database: Database, path: Path) -> ImportReport:
-    """Import `conversations.json` from a ChatGPT data export (or the export's .zip), every branch."""
+    """Import `conversations.json` from a ChatGPT data export (or the export's .zip), every branch.
+
+    The conversations stream from the file into the database one at a time, all or none."""
     place = Place(str(path), _CHATGPT_HINT)
-    data = read_json(path, place, _chatgpt_member)
-    if not isinstance(data, list):
-        raise place.error(f"it holds {kind_of(data)}, not the list of conversations of a ChatGPT export")
-    conversations = [_chatgpt_conversation(record, n, place) for n, record in enumerate(data, 1)]
-    return save(database, conversations, place)
+    with open_records(path, place, _chatgpt_member) as records:
+        records.open_list("the list of conversations of a ChatGPT export")
+        return save(database, _chatgpt_conversations(records, place), place)
+
+
+def _chatgpt_conversations(records: JsonRecords, place: Place) -> Iterator[ConversationRecord]:
+    for number, record in enumerate(records.items(lambda n: f"conversation {n}"), 1):
+        yield _chatgpt_conversation(record, number, place)
+    records.finish()
 
 
 def _chatgpt_member(archive: zipfile.ZipFile) -> str:
@@ -85,31 +96,43 @@ def _chatgpt_member(archive: zipfile.ZipFile) -> str:
 def _chatgpt_conversation(value: Any, number: int, file: Place) -> ConversationRecord:
     place = file.inner(f"conversation {number}")
     record = as_object(value, place)
-    title = field_value(record, "title", (str,), place, default="")
-    place = file.inner(f"conversation {number} ({title!r})")
+    title = text(record, "title", place, default="")
+    place = file.inner(f"conversation {number} ({shown(title)})")
     mapping = field_value(record, "mapping", (dict,), place, required=True)
-    nodes = {key: _chatgpt_node(key, node, place.inner(f"node {key!r}")) for key, node in mapping.items()}
+    nodes = {key: _chatgpt_node(key, node, place.inner(f"node {shown(key)}")) for key, node in mapping.items()}
     check_unique((n.message.id for n in nodes.values() if n.message), place, "message")
     order = parents_first({key: node.parent for key, node in nodes.items()}, place, "node")
     times = [n.message.created_at for n in nodes.values() if n.message and n.message.created_at is not None]
-    created_at = float(field_value(record, "create_time", NUMBER, place, default=min(times, default=time.time())))
+    created_at = timestamp(record, "create_time", place, default=min(times, default=time.time()))
     tree = _Tree()
     messages = [m for key in order if (m := _chatgpt_message(key, nodes, tree, created_at)) is not None]
-    updated_at = float(field_value(record, "update_time", NUMBER, place, default=max(times, default=created_at)))
+    updated_at = timestamp(record, "update_time", place, default=max(times, default=created_at))
     return ConversationRecord(
-        id=CHATGPT_ID_PREFIX + _chatgpt_id(record, mapping, place),
+        id=CHATGPT_ID_PREFIX + _chatgpt_id(record, mapping, place), created_at=created_at,
         title=title or _title_from(next((m.content for m in messages if m.role == "user"), "")),
-        created_at=created_at, updated_at=updated_at, messages=messages,
+        updated_at=updated_at, messages=messages,
         current_key=_chatgpt_current(record, nodes, tree, messages, place))
 
 
 def _chatgpt_id(record: dict[str, Any], mapping: dict[str, Any], place: Place) -> str:
     given = field_value(record, "conversation_id", (str,), place) or field_value(record, "id", (str,), place)
     if given:
-        return str(given)
+        return _kept_id(given, longest=64 - len(CHATGPT_ID_PREFIX))
     # Old exports may lack an id; the same conversation must still get the same one every time.
     fingerprint = json.dumps([record.get("create_time"), sorted(mapping)])
-    return hashlib.sha256(fingerprint.encode()).hexdigest()[:32]
+    return _fingerprint(fingerprint)
+
+
+def _kept_id(given: str, *, longest: int = 64) -> str:
+    """ChatGPT's id as Cleo keeps it: as it is (a UUID), or, when it is not a plain id, its fingerprint.
+
+    Not refused: ChatGPT's ids are its business. A fingerprint is the same on every import, so
+    importing the file again still finds what the first import saved."""
+    return given if is_identifier(given) and len(given) <= longest else _fingerprint(given)
+
+
+def _fingerprint(value: str) -> str:
+    return hashlib.sha256(value.encode("utf-8", "surrogatepass")).hexdigest()[:32]
 
 
 def _chatgpt_node(key: str, value: Any, place: Place) -> _ChatGPTNode:
@@ -123,17 +146,18 @@ def _chatgpt_node_message(key: str, message: dict[str, Any], place: Place) -> _C
     author = field_value(message, "author", (dict,), place, required=True)
     role = field_value(author, "role", (str,), place.inner("author"), required=True)
     content = field_value(message, "content", (dict,), place, required=True)
-    text = _chatgpt_text(content, place.inner("content"))
+    said = _chatgpt_text(content, place.inner("content"))
     metadata = field_value(message, "metadata", (dict,), place, default={})
-    created_at = field_value(message, "create_time", NUMBER, place)
-    if role not in ("user", "assistant") or not text.strip() or metadata.get("is_visually_hidden_from_conversation"):
+    created_at = optional_timestamp(message, "create_time", place)
+    if role not in ("user", "assistant") or not said.strip() or metadata.get("is_visually_hidden_from_conversation"):
         return None
     finish = metadata.get("finish_details")
     finish_type = finish.get("type") if isinstance(finish, dict) else None
+    model = metadata.get("model_slug")
     return _ChatGPTMessage(
-        id=field_value(message, "id", (str,), place, default=key), role=role, content=text,
-        created_at=float(created_at) if created_at is not None else None,
-        model=str(metadata.get("model_slug") or "") if role == "assistant" else "",
+        id=_kept_id(field_value(message, "id", (str,), place, default=key)), role=role, content=said,
+        created_at=created_at,
+        model=clean_text(model) if isinstance(model, str) and role == "assistant" else "",
         finish_reason=_CHATGPT_FINISH.get(str(finish_type), "stop") if role == "assistant" else "")
 
 
@@ -142,10 +166,10 @@ def _chatgpt_text(content: dict[str, Any], place: Place) -> str:
     content_type = field_value(content, "content_type", (str,), place, required=True)
     if content_type in ("text", "multimodal_text"):
         parts = field_value(content, "parts", (list,), place, default=[])
-        return "\n".join(part for part in parts if isinstance(part, str))  # dict parts are images and files
+        return clean_text("\n".join(part for part in parts if isinstance(part, str)))  # dicts: images, files
     if content_type == "code":
-        code = field_value(content, "text", (str,), place, default="")
-        language = field_value(content, "language", (str,), place, default="")
+        code = text(content, "text", place, default="")
+        language = text(content, "language", place, default="")
         return f"```{'' if language == 'unknown' else language}\n{code}\n```" if code.strip() else ""
     return ""  # browsing results, reasoning, custom instructions, memory: not the conversation itself
 

@@ -1,11 +1,21 @@
-"""Conversations out of Cleo: the branch on screen as Markdown, or every branch as Cleo's JSON."""
+"""Conversations out of Cleo: the branch on screen as Markdown, or every branch as Cleo's JSON.
+
+An export holds the user's chats, so its file is private (0600 on POSIX) and written whole or
+not at all (`write_export`): a failed export leaves the file that was there before.
+"""
 
 from __future__ import annotations
 
+import json
+import os
+import tempfile
 import time
+from pathlib import Path
 from typing import Any
 
 from engine.chat.conversation import Message
+from engine.errors import KnownError
+from engine.paths import sync_folder
 from engine.storage.conversations import SqliteConversationStore
 from engine.storage.database import Database
 from engine.transfer.cleo_json import cleo_document
@@ -33,6 +43,40 @@ def export_everything(database: Database) -> dict[str, Any]:
     """Every conversation except temporary chats, with every branch, in the format `import_cleo_json` reads."""
     store = SqliteConversationStore(database)
     return cleo_document([store.record(conversation_id) for conversation_id in store.saved_conversation_ids()])
+
+
+def write_export(path: Path, export: str | dict[str, Any]) -> None:
+    """Write `export` (Markdown text, or a JSON document) to `path` whole or not at all.
+
+    It goes to a private temporary file beside `path`, streamed (a JSON document is never one
+    big string), flushed to disk, and renamed over `path`; on any error the temporary file is
+    removed and whatever was at `path` is left as it was.
+    """
+    try:
+        descriptor, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".part")
+    except OSError as exc:
+        raise _not_written(path, exc) from exc
+    try:
+        with os.fdopen(descriptor, "w", encoding="utf-8", newline="\n") as out:  # mkstemp makes it 0600
+            if isinstance(export, str):
+                out.write(export)
+            else:
+                json.dump(export, out, ensure_ascii=False, indent=2)
+                out.write("\n")
+            out.flush()
+            os.fsync(out.fileno())
+        os.replace(temporary, path)
+        sync_folder(path.parent)
+    except BaseException as exc:
+        Path(temporary).unlink(missing_ok=True)
+        if isinstance(exc, OSError):
+            raise _not_written(path, exc) from exc
+        raise
+
+
+def _not_written(path: Path, exc: OSError) -> KnownError:
+    return KnownError(f"Cleo cannot write {path} ({exc.strerror or exc}); nothing was changed there.",
+                      hint="Choose a folder that exists, that you can write to, and with free space.")
 
 
 def _speaker(message: Message) -> str:

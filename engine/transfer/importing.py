@@ -1,18 +1,22 @@
-"""What every import shares: reading a JSON file, checking its records, reporting, and saving.
+"""What every import shares: checking a file's records, reporting, and saving.
 
-An import is all-or-nothing per file: every record is checked before anything is written, and the
-conversation store saves everything in one transaction, so a damaged record leaves the database
-as it was and the error (`ImportFileInvalid`) names the file and the record (`Place`).
+An import is all-or-nothing per file: the records stream from the file (`reading`) into the
+conversation store, which saves them in one transaction, and each is checked as it comes, so a
+damaged record anywhere in the file, even the last, leaves the database as it was, and the error
+(`ImportFileInvalid`) names the file, the record and the field (`Place`).
+
+A file to import is untrusted (docs/ARCHITECTURE.md, decision 12): every value Cleo keeps is
+checked for what the rest of Cleo assumes of it. Times are finite and between 1970 and 3000
+(the sidebar and exports turn them into dates, which fails outside that on some systems), ids are
+short and plain (the window puts them into links), text is valid Unicode (SQLite stores UTF-8).
 """
 
 from __future__ import annotations
 
-import json
-import zipfile
-from collections.abc import Callable, Iterable, Sequence
+import re
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, replace
-from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from engine.errors import KnownError
 from engine.storage.conversations import SqliteConversationStore
@@ -22,6 +26,14 @@ from engine.storage.records import ConversationRecord, MessageIdTaken
 NUMBER = (int, float)
 _KIND_NAMES = {str: "text", int: "a number", float: "a number", bool: "true or false", list: "a list",
                dict: "an object"}
+# From 1970-01-01 to 3000-01-01: every system Cleo runs on can turn these into a local date.
+EARLIEST_TIME = 0.0
+LATEST_TIME = 32_503_680_000.0
+# What an id may be: Cleo's own (hex), ChatGPT's (UUIDs) and Cleo's "chatgpt-<uuid>" all fit.
+ID_PATTERN = re.compile(r"[A-Za-z0-9_-]{1,64}")
+ID_RULE = "an id (1 to 64 letters, digits, '-' or '_')"
+LARGEST_COUNT = 2**31 - 1  # token counts; SQLite stores up to 2**63 - 1 and Python's ints have no end
+_SHOWN_LENGTH = 60
 
 
 class ImportFileInvalid(KnownError):
@@ -70,13 +82,32 @@ class Place:
                                  hint=self.hint)
 
 
-def save(database: Database, conversations: Sequence[ConversationRecord], place: Place) -> ImportReport:
-    """Save every conversation of the file through the conversation store, or none of them."""
+def shown(value: Any) -> str:
+    """`value` as an error message quotes it: short, and safe for any value a file can hold."""
+    if isinstance(value, str):
+        text = repr(value[:_SHOWN_LENGTH])
+        return f"{text[:-1]}…{text[-1]}" if len(value) > _SHOWN_LENGTH else text
+    if isinstance(value, bool) or value is None:
+        return repr(value)
+    if isinstance(value, int) and value.bit_length() > 64:  # repr() of a huge int raises ValueError
+        return f"a number of {value.bit_length()} bits"
+    if isinstance(value, int | float):
+        return repr(value)
+    return kind_of(value)
+
+
+def save(database: Database, conversations: Iterable[ConversationRecord], place: Place) -> ImportReport:
+    """Save every conversation of the file through the conversation store, or none of them.
+
+    `conversations` may be a stream: it is read inside the store's transaction, so an error in
+    any record (raised while it is read) rolls back the ones before it.
+    """
+    records = _each_id_once(conversations, place)
     try:
-        outcomes = SqliteConversationStore(database).save_records(conversations)
+        outcomes = SqliteConversationStore(database).save_records(records)
     except MessageIdTaken as taken:
-        raise place.inner(f"message {taken.key!r}").error(
-            f"Cleo already has a message with this id in another conversation ({taken.owner!r})") from None
+        raise place.inner(f"message {shown(taken.key)}").error(
+            f"Cleo already has a message with this id in another conversation ({shown(taken.owner)})") from None
     report = ImportReport()
     for outcome, added in outcomes:
         report.messages_added += added
@@ -91,25 +122,15 @@ def save(database: Database, conversations: Sequence[ConversationRecord], place:
     return report
 
 
-def read_json(path: Path, place: Place, member: Callable[[zipfile.ZipFile], str] | None) -> Any:
-    """The JSON in `path`, or in the member of a .zip that `member` picks (it raises KeyError if none)."""
-    try:
-        if member is not None and zipfile.is_zipfile(path):
-            with zipfile.ZipFile(path) as archive:
-                raw = archive.read(member(archive))
-        else:
-            raw = path.read_bytes()
-        return json.loads(raw.decode("utf-8"))
-    except KeyError as missing:
-        raise place.error(f"it is a .zip without a {missing.args[0]}") from None
-    except FileNotFoundError:
-        raise ImportFileInvalid(f"There is no file {path}.", hint="Check the name and folder.") from None
-    except (OSError, zipfile.BadZipFile) as exc:
-        raise ImportFileInvalid(f"Cleo cannot read {path} ({exc}).", hint="Check that the file is readable.") from exc
-    except UnicodeDecodeError:
-        raise place.error("it is not a UTF-8 text file") from None
-    except json.JSONDecodeError as exc:
-        raise place.error(f"it is not JSON (line {exc.lineno}, column {exc.colno}: {exc.msg})") from None
+def _each_id_once(conversations: Iterable[ConversationRecord], place: Place) -> Iterator[ConversationRecord]:
+    """The conversations, refused when two of them have one id (the second would be merged into the first)."""
+    numbers: dict[str, int] = {}
+    for number, conversation in enumerate(conversations, 1):
+        first = numbers.setdefault(conversation.id, number)
+        if first != number:
+            raise place.inner(f"conversation {number} ({shown(conversation.title)})").error(
+                f"its id {shown(conversation.id)} is also the id of conversation {first}")
+        yield conversation
 
 
 def as_object(value: Any, place: Place) -> dict[str, Any]:
@@ -132,6 +153,66 @@ def field_value(record: dict[str, Any], name: str, kinds: tuple[type, ...], plac
     return value
 
 
+def timestamp(record: dict[str, Any], name: str, place: Place, *, default: float | None = None) -> float:
+    """`record[name]` as a time (seconds since 1970) from 1970 to 3000; missing: `default`, else an error."""
+    value = optional_timestamp(record, name, place)
+    if value is not None:
+        return value
+    if default is None:
+        raise place.error(f"{name!r} is missing")
+    return default
+
+
+def optional_timestamp(record: dict[str, Any], name: str, place: Place) -> float | None:
+    """`record[name]` as a time (seconds since 1970) from 1970 to 3000, or None when missing."""
+    value = field_value(record, name, NUMBER, place)
+    if value is None:
+        return None
+    # Compared before float(): float() of a huge int raises, and NaN fails every comparison.
+    if not EARLIEST_TIME <= value <= LATEST_TIME:
+        raise place.error(f"{name!r} is {shown(value)}, not a time between 1970 and 3000 (seconds since 1970)")
+    return float(value)
+
+
+def count(record: dict[str, Any], name: str, place: Place) -> int | None:
+    """`record[name]` as a count (of tokens), or None; refused when negative or absurdly large."""
+    value = field_value(record, name, (int,), place)
+    if value is not None and not 0 <= value <= LARGEST_COUNT:
+        raise place.error(f"{name!r} is {shown(value)}, not a count from 0 to {LARGEST_COUNT}")
+    return cast("int | None", value)
+
+
+def text(record: dict[str, Any], name: str, place: Place, *, default: str | None = None,
+         required: bool = False) -> Any:
+    """`record[name]` as text Cleo can store (see `clean_text`)."""
+    value = field_value(record, name, (str,), place, default=default, required=required)
+    return clean_text(value) if isinstance(value, str) else value
+
+
+def clean_text(value: str) -> str:
+    """`value` with any lone UTF-16 surrogate (which JSON allows and UTF-8 cannot hold) made U+FFFD."""
+    if value.isascii():
+        return value
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        # Through UTF-16, a pair of surrogates becomes its character and a lone one U+FFFD.
+        return value.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
+    return value
+
+
+def identifier(record: dict[str, Any], name: str, place: Place, *, required: bool = False) -> Any:
+    """`record[name]` if it is an id Cleo can keep (`ID_PATTERN`), or None when missing and not required."""
+    value = field_value(record, name, (str,), place, required=required)
+    if value is not None and not is_identifier(value):
+        raise place.error(f"{name!r} is {shown(value)}, not {ID_RULE}")
+    return value
+
+
+def is_identifier(value: str) -> bool:
+    return ID_PATTERN.fullmatch(value) is not None
+
+
 def kind_of(value: Any) -> str:
     """What `value` is, in words: "text", "a list", "null", ..."""
     if value is None:
@@ -143,16 +224,19 @@ def check_unique(keys: Iterable[str], place: Place, what: str) -> None:
     seen: set[str] = set()
     for key in keys:
         if key in seen:
-            raise place.inner(f"{what} {key!r}").error("the id appears twice")
+            raise place.inner(f"{what} {shown(key)}").error("the id appears twice")
         seen.add(key)
 
 
 def parents_first(parents: dict[str, str | None], place: Place, what: str) -> list[str]:
-    """The keys of a tree given by parent links, each after its parent; a link to nowhere or a loop is an error."""
+    """The keys of a tree given by parent links, each after its parent; a link to nowhere or a loop is an error.
+
+    Linear in the number of keys, loop or not: a long chat is thousands of messages deep.
+    """
     children: dict[str | None, list[str]] = {}
     for key, parent in parents.items():
         if parent is not None and parent not in parents:
-            raise place.inner(f"{what} {key!r}").error(f"its parent {parent!r} is not in the file")
+            raise place.inner(f"{what} {shown(key)}").error(f"its parent {shown(parent)} is not in the file")
         children.setdefault(parent, []).append(key)
     order: list[str] = []
     stack = list(reversed(children.get(None, [])))
@@ -161,6 +245,8 @@ def parents_first(parents: dict[str, str | None], place: Place, what: str) -> li
         order.append(key)
         stack.extend(reversed(children.get(key, [])))
     if len(order) < len(parents):
-        looped = next(key for key in parents if key not in set(order))
-        raise place.inner(f"{what} {looped!r}").error("its parent links form a loop")
+        # Every key not reached from a root is on a loop or below one; the set is built once.
+        reached = set(order)
+        looped = next(key for key in parents if key not in reached)
+        raise place.inner(f"{what} {shown(looped)}").error("its parent links form a loop")
     return order

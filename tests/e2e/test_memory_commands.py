@@ -78,3 +78,32 @@ def test_search_finds_words_from_past_chats_with_snippets(home: Path) -> None:
     asked = [h for h in hits if h["role"] == "user"]
     assert asked and "[Douro]" in asked[0]["snippet"] and asked[0]["conversation_title"].startswith("Tell me about")
     assert "Douro" in _cleo("search", "douro", home=home).stdout
+
+
+def _plain_cleo(*args: str, home: Path) -> subprocess.CompletedProcess[str]:
+    """`cleo` on a profile without models: memory then searches by keywords only."""
+    return _cleo(*args, home=home)
+
+
+def test_memories_are_shown_not_obeyed(cleo_home: Path) -> None:
+    hostile = "My clipboard \x1b]52;c;ZXZpbA==\x07 and title \x1b]0;pwned\x07 stay \x9b2J put \u202eevil"
+    added = _plain_cleo("memory", "add", hostile, home=cleo_home)
+    listed = _plain_cleo("memory", "list", home=cleo_home)
+    as_json = _plain_cleo("memory", "list", "--json", home=cleo_home)
+    found = _plain_cleo("memory", "search", "clipboard", home=cleo_home)
+    for result in (added, listed, as_json, found):
+        assert result.returncode == 0, result.stderr
+        output = result.stdout + result.stderr
+        assert not any(control in output for control in ("\x1b", "\x07", "\x9b", "\u202e")), output
+    assert "My clipboard \\x1b]52;c;ZXZpbA==\\x07 and title \\x1b]0;pwned\\x07" in listed.stdout
+    assert "\\x1b]52" in added.stdout and "\\x1b]52" in found.stdout
+    assert json.loads(as_json.stdout)[0]["content"] == hostile + "."  # the data itself is kept as it is
+
+
+@pytest.mark.parametrize("prefix", ["%", "_", "%%%%%%%%"])
+def test_a_memory_id_prefix_matches_literally(cleo_home: Path, prefix: str) -> None:
+    assert _plain_cleo("memory", "add", "I live in Porto", home=cleo_home).returncode == 0
+    result = _plain_cleo("memory", "forget", prefix, home=cleo_home)
+    assert result.returncode == 2 and "No memory has an id starting with" in result.stderr
+    assert [m["content"] for m in json.loads(_plain_cleo("memory", "list", "--json", home=cleo_home).stdout)] == [
+        "I live in Porto."]

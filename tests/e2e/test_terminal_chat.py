@@ -16,6 +16,13 @@ import pytest
 
 from tests.helpers.models import DefaultModels, write_tiny_gguf
 
+REPOSITORY = Path(__file__).resolve().parents[2]
+# What a hostile reply or file tries: write the clipboard (OSC 52), retitle the window (OSC 0),
+# clear the screen with an 8-bit CSI, and reverse the reading order of what follows.
+CONTROLS = ("\x1b", "\x07", "\x9b", "\u202e")
+HOSTILE = "Sure \x1b]52;c;ZXZpbA==\x07 done \x1b]0;pwned\x07 then \x9b2J and \u202eevil"
+SHOWN = "Sure \\x1b]52;c;ZXZpbA==\\x07 done \\x1b]0;pwned\\x07 then \\x9b2J and \\u202eevil"
+
 
 def _cleo(*args: str, home: Path, **env: str) -> subprocess.CompletedProcess[str]:
     full_env = {**os.environ, "CLEO_HOME": str(home), "CLEO_THREADS": "1", **env}
@@ -170,3 +177,78 @@ def test_the_next_message_is_answered_before_learning_and_learning_goes_on_while
         chat.kill()
     assert chat.returncode == 0, err
     assert "Traceback" not in err
+
+
+def _obeys_nothing(output: str) -> bool:
+    return not any(control in output for control in CONTROLS)
+
+
+# `cleo` itself, with the scripted model at the Session's model-loading seam instead of llama.cpp.
+_SCRIPTED_CLEO = """
+import sys
+from engine.cli import main as cli
+from engine.session import open_session
+from tests.helpers.scripted_model import ScriptedChatModel
+
+def scripted(settings, *, model_path=None):
+    return open_session(settings, model_path=model_path,
+                        load_model=lambda path, _settings: ScriptedChatModel([sys.argv[1]], path=path))
+
+cli.open_session = scripted
+sys.exit(cli.main(sys.argv[2:]))
+"""
+
+
+def _scripted_cleo(reply: str, *args: str, home: Path, typed: str | None = None) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "CLEO_HOME": str(home), "CLEO_THREADS": "1"}
+    return subprocess.run([sys.executable, "-c", _SCRIPTED_CLEO, reply, *args], env=env, cwd=REPOSITORY,
+                          input=typed, capture_output=True, text=True, timeout=300, check=False)
+
+
+def test_a_reply_cannot_send_the_terminal_control_sequences(cleo_home: Path, tmp_path: Path) -> None:
+    model = tmp_path / "scripted.gguf"
+    shown = _scripted_cleo(HOSTILE, "chat", "--once", "hello", "--model", str(model), home=cleo_home)
+    assert shown.returncode == 0, shown.stderr
+    assert _obeys_nothing(shown.stdout + shown.stderr) and SHOWN in shown.stdout
+
+    as_json = _scripted_cleo(HOSTILE, "chat", "--once", "hello", "--json", "--model", str(model), home=cleo_home)
+    assert as_json.returncode == 0, as_json.stderr
+    assert _obeys_nothing(as_json.stdout) and json.loads(as_json.stdout)["reply"] == HOSTILE  # escaped, not lost
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="Windows file names cannot hold control characters")
+def test_a_model_name_cannot_retitle_the_terminal(cleo_home: Path, tmp_path: Path) -> None:
+    model = tmp_path / "\x1b]0;pwned\x07.gguf"  # the scripted model is named after its file
+    chat = _scripted_cleo("Hello there.", "chat", "--model", str(model), home=cleo_home, typed="hi\n/quit\n")
+    assert chat.returncode == 0, chat.stderr
+    assert "Chatting with \\x1b]0;pwned\\x07" in chat.stdout and _obeys_nothing(chat.stdout + chat.stderr)
+
+
+def _hostile_gguf(path: Path, name: str, arch: str = "llama") -> Path:
+    import numpy as np
+    from gguf import GGUFWriter
+
+    writer = GGUFWriter(path, arch=arch)
+    writer.add_name(name)
+    writer.add_tensor("token_embd.weight", np.ones((4, 32), dtype=np.float32))
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    return path
+
+
+def test_model_metadata_is_shown_not_obeyed(cleo_home: Path) -> None:
+    models = cleo_home / "data" / "models"
+    models.mkdir(parents=True)
+    named = _hostile_gguf(models / "named.gguf", HOSTILE)
+    _hostile_gguf(models / "alien.gguf", "Alien", arch="\x1b]52;c;ZXZpbA==\x07")
+    info = _cleo("models", "info", str(named), home=cleo_home)
+    assert info.returncode == 0, info.stderr
+    assert _obeys_nothing(info.stdout) and SHOWN in info.stdout
+    listed = _cleo("models", "list", home=cleo_home)
+    assert listed.returncode == 0, listed.stderr
+    assert _obeys_nothing(listed.stdout) and SHOWN in listed.stdout
+    assert "'\\x1b]52;c;ZXZpbA==\\x07' model" in listed.stdout  # the unusable file's problem quotes it
+    refused = _cleo("models", "info", str(models / "alien.gguf"), home=cleo_home)
+    assert refused.returncode == 2 and _obeys_nothing(refused.stderr) and "\\x1b]52" in refused.stderr

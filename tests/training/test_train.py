@@ -6,6 +6,7 @@ import dataclasses
 import datetime
 import errno
 import faulthandler
+import json
 import os
 import socket
 import sys
@@ -94,6 +95,44 @@ def test_resuming_after_a_few_steps_equals_an_uninterrupted_run(tmp_path: Path) 
     second_half.train(progress=False)
     for name, value in _parameters(straight).items():
         torch.testing.assert_close(_parameters(second_half)[name], value, rtol=0, atol=0, msg=name)
+
+
+class _Trap:
+    """Unpickling this makes a folder: proof that a resume ran code from the checkpoint."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return os.mkdir, (str(self.marker),)
+
+
+def test_progress_is_saved_as_json_and_a_checkpoint_of_an_earlier_version_still_resumes(tmp_path: Path) -> None:
+    first = _trainer(tmp_path)
+    first.train(progress=False, stop_after=3)
+    checkpoint = first.latest_checkpoint()
+    assert checkpoint is not None and json.loads((checkpoint / "progress.json").read_text())["step"] == 3
+    assert not list(checkpoint.glob("*.pt"))
+    # What earlier versions wrote: a torch pickle of tensors and plain data, still read (safely).
+    (checkpoint / "progress.json").unlink()
+    torch.save({"step": 3, "scheduler": first.scheduler.state_dict(), "rng": {"torch": torch.get_rng_state()}},
+               checkpoint / "progress.pt")
+    again = _trainer(tmp_path)
+    assert again.resume() and again.step == 3
+
+
+@pytest.mark.parametrize("version", ["earlier (progress.pt)", "current (progress.json)"])
+def test_a_resume_file_holding_a_pickled_object_is_refused_without_running_it(tmp_path: Path, version: str) -> None:
+    _trainer(tmp_path).train(progress=False, stop_after=3)
+    checkpoint = tmp_path / "run" / "step-0000003"
+    marker = tmp_path / "code-ran"
+    (checkpoint / "progress.json").unlink()
+    target = checkpoint / ("progress.pt" if version.startswith("earlier") else "progress.json")
+    torch.save({"step": 3, "scheduler": {}, "rng": {"torch": torch.get_rng_state()}, "note": _Trap(marker)}, target)
+    with pytest.raises(TrainingError, match="cannot be resumed") as caught:
+        _trainer(tmp_path).resume()
+    assert str(target) in str(caught.value) and "Nothing in it was run" in str(caught.value)
+    assert not marker.exists()
 
 
 def test_a_checkpoint_of_another_configuration_is_refused_with_the_fields(tmp_path: Path) -> None:

@@ -10,7 +10,7 @@ import pytest
 
 from engine.chat.assistant import Assistant, TurnOptions
 from engine.events import MemoryUpdated, Recalled, RecalledItem, Token, Usage
-from engine.memory.book import MemoryBook, scrub_free_space
+from engine.memory.book import MemoryBook
 from engine.memory.learning import EXTRACTION_SCHEMA, AskJson
 from engine.memory.recall import Recall
 from engine.memory.turn_memory import LongTermMemory
@@ -148,7 +148,6 @@ def test_a_temporary_chat_reads_no_memory_and_leaves_nothing(database: Database,
     assert not any(isinstance(e, (MemoryUpdated, Recalled)) for e in events)
     assert "Ada" not in moe_model.detokenize(moe_model.cached_tokens)
     hooks.store.close_temporary(chat)
-    scrub_free_space(database)
     assert hooks.store.search(CANARY) == [] and len(hooks.book.memories()) == 1
     assert _canary_in_files(database.path) == []
 
@@ -163,14 +162,18 @@ def test_deleted_conversations_and_memories_leave_no_trace_in_the_files(database
                                source_conversation_id=chat.id)
     assert hooks.book.derived_from(chat.id) == [memory]  # what the window asks about before deleting
     hooks.book.embed_missing()
+    vectors = [row[0] for table in ("message_vectors", "memory_vectors")
+               for row in database.conn.execute(f"SELECT embedding FROM {table}")]
     database.conn.execute("PRAGMA wal_checkpoint(PASSIVE)")
     assert _canary_in_files(database.path)  # the test can see it before
+    assert len(vectors) == 3 and all(_in_files(database.path, vector) for vector in vectors)
     hooks.store.delete_conversation(chat.id)
     hooks.book.forget(memory.id)
-    scrub_free_space(database)
     assert _canary_in_files(database.path) == []
     assert database.conn.execute("SELECT count(*) FROM message_vectors").fetchone() == (0,)
     assert database.conn.execute("SELECT count(*) FROM memory_vectors").fetchone() == (0,)
+    # A vector says much of what its text said: it goes too, not just its row.
+    assert [vector for vector in vectors if _in_files(database.path, vector)] == []
 
 
 def test_forget_everything_wipes_memories_and_their_log(book: MemoryBook) -> None:
@@ -198,9 +201,12 @@ def test_rows_left_without_vectors_are_filled_in_at_startup(tmp_path: Path, defa
 
 
 def _canary_in_files(path: Path) -> list[str]:
+    return _in_files(path, CANARY.encode())
+
+
+def _in_files(path: Path, data: bytes) -> list[str]:
     # Not the lock file: empty, and Windows refuses to read a byte another handle has locked.
-    return [p.name for p in path.parent.glob(path.name + "*")
-            if p.suffix != ".lock" and CANARY.encode() in p.read_bytes()]
+    return [p.name for p in path.parent.glob(path.name + "*") if p.suffix != ".lock" and data in p.read_bytes()]
 
 
 def _turn(hooks: LongTermMemory, user_text: str, reply_text: str) -> str:

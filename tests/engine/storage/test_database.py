@@ -180,3 +180,47 @@ def test_a_crash_mid_reply_loses_at_most_the_last_second(tmp_path: Path, default
     assert everything.startswith(reply.content)
     assert reply.content.startswith(older_than_a_second) and len(older_than_a_second) > 20
     database.close()
+
+
+def test_a_commit_that_fails_is_rolled_back_and_its_own_error_is_raised(tmp_path: Path) -> None:
+    database = open_database(tmp_path / "cleo.db")
+    store = SqliteConversationStore(database)
+    chat = store.create_conversation("Diary")
+    with pytest.raises(sqlean.IntegrityError, match="FOREIGN KEY"), database.write() as conn:
+        conn.execute("PRAGMA defer_foreign_keys = ON")  # checked at COMMIT, which then fails
+        conn.execute("INSERT INTO messages (id, conversation_id, role, content, created_at, updated_at) "
+                     "VALUES ('orphan', 'no-such-chat', 'user', 'Never saved.', 1, 1)")
+    kept = store.add_message(chat.id, "user", "Saved after the failed commit.", None)  # the next write works
+    assert [m.content for m in store.branch(kept.id)] == ["Saved after the failed commit."]
+    assert database.conn.execute("SELECT count(*) FROM messages WHERE id = 'orphan'").fetchone() == (0,)
+    database.close()
+
+
+def test_an_error_is_not_hidden_by_a_rollback_sqlite_already_did(tmp_path: Path) -> None:
+    database = open_database(tmp_path / "cleo.db")
+    with pytest.raises(ValueError, match="the first problem"), database.write() as conn:
+        conn.execute("INSERT INTO conversations (id, title, created_at, updated_at) VALUES ('c1', 'x', 1, 1)")
+        conn.execute("ROLLBACK")  # as SQLite does by itself on some errors (a full disk, an I/O error)
+        raise ValueError("the first problem")
+    assert SqliteConversationStore(database).conversations() == []
+    database.close()
+
+
+def test_a_checkpoint_kept_busy_by_a_reader_is_logged_and_done_later(tmp_path: Path, caplog: pytest.LogCaptureFixture
+                                                                ) -> None:
+    database = open_database(tmp_path / "cleo.db")
+    database.conn.execute("PRAGMA busy_timeout = 10")
+    store = SqliteConversationStore(database)
+    chat = store.create_conversation("Diary")
+    store.add_message(chat.id, "user", "Dear diary", None)
+    reader = database.reader()
+    reader.conn.execute("BEGIN")
+    reader.conn.execute("SELECT count(*) FROM messages").fetchone()  # a read in progress on another connection
+    store.delete_conversation(chat.id)
+    assert "could not be emptied" in caplog.text and database.log_not_emptied
+    reader.conn.execute("COMMIT")
+    reader.close()
+    wal = tmp_path / "cleo.db-wal"
+    assert wal.stat().st_size > 0
+    assert database.empty_log() and wal.stat().st_size == 0 and not database.log_not_emptied
+    database.close()

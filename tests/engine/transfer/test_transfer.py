@@ -205,7 +205,7 @@ def test_a_damaged_record_names_file_and_record_and_saves_nothing(database: Data
 
 
 @pytest.mark.parametrize(("text", "problem"), [
-    ("{not json", "is not JSON (line 1"),
+    ("{not json", "is not JSON ("),
     ('{"conversations": []}', "an object, not the list of conversations"),
 ])
 def test_a_file_that_is_not_a_chatgpt_export_is_refused(database: Database, tmp_path: Path, text: str,
