@@ -5,25 +5,62 @@ the stalls while a reply streams): the last ~100 messages are laid out first (ol
 request), and only the message being streamed is replaced, at most every 50 ms (the controller
 merges tokens). Actions under a message are `cleo:` links, so they are selectable text like the
 rest and cost no widgets per message.
+
+Everything in the document comes from models and imports, so the ids in its links and anchors
+are percent-encoded (an imported id may hold any character), and the document loads no resource
+it was not given: an `<img>` that got through would otherwise read any file it names.
 """
 
 from __future__ import annotations
 
 import html
+import logging
 import time
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
+from urllib.parse import quote, unquote
 
-from PySide6.QtCore import QUrl, Signal
-from PySide6.QtGui import QDesktopServices, QGuiApplication, QTextCursor
+from PySide6.QtCore import QObject, Qt, QUrl, Signal
+from PySide6.QtGui import QDesktopServices, QGuiApplication, QImage, QTextCursor, QTextDocument
 from PySide6.QtWidgets import QTextBrowser, QWidget
 
 from app.render import LIGHT, Palette, render_markdown
 
 if TYPE_CHECKING:
+    from pygments.lexer import Lexer
+
     from engine import ConversationView, Message, RecalledItem
 
+log = logging.getLogger(__name__)
+
 FIRST_SHOWN = 100  # messages laid out when a conversation opens; older ones on request
+
+
+def ref(identifier: str) -> str:
+    """An id as it goes into a link or an anchor name: percent-encoded, so it is one inert path part."""
+    return quote(identifier, safe="")
+
+
+class SealedDocument(QTextDocument):
+    """A document that loads nothing by itself. Resources Cleo makes are added with `addResource`
+    and found before this is asked; any other URL comes from text and is refused (Qt would read a
+    local file, or open a network share, for an `<img src=...>`). A refused image is answered with
+    an empty picture: given nothing, Qt's image handler would go and load the file itself."""
+
+    def __init__(self, parent: QObject | None = None) -> None:
+        super().__init__(parent)
+        self.refused = 0  # how many loads were refused, for the log
+
+    def loadResource(self, kind: int, name: QUrl | str) -> Any:
+        self.refused += 1
+        if self.refused == 1:
+            log.warning("the chat view refused to load %s (an image or style sheet named in a message)",
+                        QUrl(name).toString()[:200])
+        if kind == QTextDocument.ResourceType.ImageResource.value:
+            nothing = QImage(1, 1, QImage.Format.Format_ARGB32)
+            nothing.fill(Qt.GlobalColor.transparent)
+            return nothing
+        return None
 
 
 @dataclass
@@ -40,6 +77,7 @@ class ChatView(QTextBrowser):
 
     def __init__(self, parent: QWidget | None = None) -> None:
         super().__init__(parent)
+        self.setDocument(SealedDocument(self))
         self.setOpenLinks(False)
         self.setOpenExternalLinks(False)
         self.anchorClicked.connect(self.on_anchor_clicked)
@@ -55,12 +93,18 @@ class ChatView(QTextBrowser):
         self.why: dict[str, tuple[RecalledItem, ...]] = {}  # reply id -> what memory added to its prompt
         self._why_open: set[str] = set()
         self.notices: dict[str, list[str]] = {}  # reply id -> notices shown above it
+        self._lexers: dict[str, dict[int, Lexer]] = {}  # reply id -> its code blocks' guessed languages
 
     # --- what the controller calls ------------------------------------------------------------------
 
     def show_conversation(self, view: ConversationView | None, *, all_messages: bool = False) -> None:
         same = self.view is not None and view is not None and self.view.id == view.id
         self.view = view
+        # guessed languages are kept for the messages still shown (and the reply streaming in), so
+        # showing the chat again after a reply or a switch guesses nothing twice
+        kept = {m.id for m in view.messages} if view is not None else set()
+        kept |= {self._streaming.message_id} if self._streaming is not None else set()
+        self._lexers = {k: v for k, v in self._lexers.items() if k in kept}
         self._streaming = None
         if view is None:
             self.setHtml(self._empty_html())
@@ -140,7 +184,7 @@ class ChatView(QTextBrowser):
             ids = [m.id for m in self.view.messages]
             if message_id in ids and ids.index(message_id) < self._shown_from:
                 self.show_conversation(self.view, all_messages=True)
-        self.scrollToAnchor(f"m-{message_id}")
+        self.scrollToAnchor(f"m-{ref(message_id)}")
 
     # --- HTML ----------------------------------------------------------------------------------------------
 
@@ -148,13 +192,14 @@ class ChatView(QTextBrowser):
         if message.role == "assistant":
             return self._reply_html(message.id, message.content, finish_reason=message.finish_reason,
                                     created_at=message.created_at)
-        actions = f'<a href="cleo:edit/{message.id}">{self.tr("Edit")}</a>' + self._alternatives(message.id)
+        actions = f'<a href="cleo:edit/{ref(message.id)}">{self.tr("Edit")}</a>' + self._alternatives(message.id)
         body = html.escape(message.content).replace("\n", "<br>")
         return self._bubble("user", body, message.created_at, actions, message.id)
 
     def _reply_html(self, message_id: str, text: str, *, streaming: bool = False, finish_reason: str = "",
                     created_at: float | None = None) -> str:
-        rendered = render_markdown(text or ("…" if streaming else ""), self.palette_, first_code=len(self._codes))
+        rendered = render_markdown(text or ("…" if streaming else ""), self.palette_, first_code=len(self._codes),
+                                   lexers=self._lexers.setdefault(message_id, {}))
         self._codes.extend(rendered.code_blocks)
         notices = "".join(f'<p style="color:{self.palette_.muted}"><i>{html.escape(n)}</i></p>'
                           for n in self.notices.get(message_id, []))
@@ -164,8 +209,8 @@ class ChatView(QTextBrowser):
             state = {"stopped": self.tr("Stopped"), "error": self.tr("Interrupted by an error"),
                      "interrupted": self.tr("Interrupted"), "length": self.tr("Reached the length limit")}
             note = f"<i>{state[finish_reason]}</i> · " if finish_reason in state else ""
-            actions = (note + f'<a href="cleo:copy/{message_id}">{self.tr("Copy")}</a> · '
-                       f'<a href="cleo:regenerate/{message_id}">{self.tr("Regenerate")}</a>'
+            actions = (note + f'<a href="cleo:copy/{ref(message_id)}">{self.tr("Copy")}</a> · '
+                       f'<a href="cleo:regenerate/{ref(message_id)}">{self.tr("Regenerate")}</a>'
                        + self._alternatives(message_id) + self._why(message_id))
         return notices + self._bubble("assistant", rendered.html, created_at or time.time(), actions, message_id)
 
@@ -173,21 +218,21 @@ class ChatView(QTextBrowser):
         if self.view is None or message_id not in self.view.alternatives:
             return ""
         index, count = self.view.alternatives[message_id]
-        return (f' · <a href="cleo:alt/{message_id}/-1">‹</a> {index}/{count} '
-                f'<a href="cleo:alt/{message_id}/1">›</a>')
+        return (f' · <a href="cleo:alt/{ref(message_id)}/-1">‹</a> {index}/{count} '
+                f'<a href="cleo:alt/{ref(message_id)}/1">›</a>')
 
     def _why(self, message_id: str) -> str:
         items = self.why.get(message_id)
         if not items:
             return ""
-        link = f' · <a href="cleo:why/{message_id}">{self.tr("Why this answer (%n)", "", len(items))}</a>'
+        link = f' · <a href="cleo:why/{ref(message_id)}">{self.tr("Why this answer (%n)", "", len(items))}</a>'
         if message_id not in self._why_open:
             return link
         rows = []
         for item in items:
             when = time.strftime("%Y-%m-%d", time.localtime(item.created_at))
             what = self.tr("memory") if item.kind == "memory" else self.tr("from a chat")
-            source = (f' <a href="cleo:source/{item.conversation_id}/{item.message_id}">{self.tr("open")}</a>'
+            source = (f' <a href="cleo:source/{ref(item.conversation_id)}/{ref(item.message_id)}">{self.tr("open")}</a>'
                       if item.conversation_id and item.message_id else "")
             rows.append(f"<li>{html.escape(item.text[:300])} <span style=\"color:{self.palette_.muted}\">"
                         f"({what}, {when}){source}</span></li>")
@@ -197,7 +242,7 @@ class ChatView(QTextBrowser):
         who = self.tr("You") if role == "user" else "Cleo"
         when = time.strftime("%H:%M", time.localtime(created_at))
         background = f' bgcolor="{self.palette_.user_background}"' if role == "user" else ""
-        anchor = f'<a name="m-{message_id}"></a>' if message_id else ""
+        anchor = f'<a name="m-{ref(message_id)}"></a>' if message_id else ""
         footer = f'<br><span style="color:{self.palette_.muted}">{actions}</span>' if actions else ""
         return (f'<table width="100%" cellpadding="6"{background}><tr><td>{anchor}'
                 f'<b>{who}</b> <span style="color:{self.palette_.muted}">{when}</span><br>{body}{footer}'
@@ -215,7 +260,10 @@ class ChatView(QTextBrowser):
             return
         if url.scheme() != "cleo":
             return
-        action, _, rest = url.path().partition("/")
+        # each part of the path is one percent-encoded id (see `ref`), decoded only once split
+        action, *parts = url.path(QUrl.ComponentFormattingOption.FullyEncoded).split("/")
+        parts = [unquote(part) for part in parts]
+        rest = parts[0] if len(parts) == 1 else ""
         if action == "earlier" and self.view is not None:
             self.show_conversation(self.view, all_messages=True)
         elif action == "copy-code" and rest.isdigit() and int(rest) < len(self._codes):
@@ -226,16 +274,14 @@ class ChatView(QTextBrowser):
             self.regenerate_requested.emit(rest)
         elif action == "edit":
             self.edit_requested.emit(rest)
-        elif action == "alt" and self.view is not None:
-            message_id, _, step = rest.partition("/")
-            self._step_alternative(message_id, int(step))
+        elif action == "alt" and self.view is not None and len(parts) == 2 and parts[1] in ("-1", "1"):
+            self._step_alternative(parts[0], int(parts[1]))
         elif action == "why":
             self._why_open ^= {rest}
             self.show_conversation(self.view)
             self.scroll_to_message(rest)
-        elif action == "source":
-            conversation_id, _, message_id = rest.partition("/")
-            self.source_requested.emit(conversation_id, message_id)
+        elif action == "source" and len(parts) == 2:
+            self.source_requested.emit(parts[0], parts[1])
 
     def message_text(self, message_id: str) -> str:
         if self._streaming is not None and self._streaming.message_id == message_id:

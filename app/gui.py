@@ -14,6 +14,7 @@ from PySide6.QtWidgets import QApplication, QMessageBox
 
 from app.main_window import MainWindow
 from app.second_launch import SecondLaunches, bring_open_cleo_forward
+from app.widgets import message_box, warn
 from app.worker import EngineWorker
 from engine import KnownError, default_database_path, load_settings, setup_logging
 
@@ -34,18 +35,31 @@ def run(argv: list[str] | None = None) -> int:
         print("Cleo needs a desktop to open its window, and none was found (DISPLAY and WAYLAND_DISPLAY are "
               "unset). Run it from your desktop session, or use `cleo chat` in this terminal.", file=sys.stderr)
         return 2
+    app_started = qt_messages_to_the_log()
+    # A double-clicked app has no terminal: whatever stops it from starting (a bad CLEO_* variable,
+    # a settings file it cannot read, a folder it cannot write) is told in a dialog, not lost.
+    try:
+        return _open_window(argv, app_started)
+    except KnownError as exc:
+        log.warning("Cleo could not start: %s", exc.user_text())
+        _tell_why_not_started(argv, app_started, exc.user_text())
+        return 2
+    except Exception:
+        details = traceback.format_exc()
+        log.error("bug while starting:\n%s", details)
+        _tell_why_not_started(argv, app_started, "Cleo could not start because of a bug inside it. The details are "
+                              "below, and in the log folder if it could be written.", details)
+        return 1
+
+
+def _open_window(argv: list[str] | None, app_started: list[bool]) -> int:
     setup_logging()
     database = default_database_path()
     if bring_open_cleo_forward(database):
         log.info("Cleo was already open; its window was asked to come forward")
         print("Cleo is already open: its window was brought forward.")
         return 0
-    app_started = qt_messages_to_the_log()
-    app = QApplication.instance() or QApplication(argv or sys.argv[:1])
-    app_started.append(True)
-    assert isinstance(app, QApplication)
-    app.setApplicationName("Cleo")
-    app.setStyle("Fusion")
+    app = _application(argv, app_started)
     settings, warnings = load_settings()
     window = MainWindow(settings, EngineWorker(settings))
     SecondLaunches(database, window.bring_forward, parent=window)  # before the engine takes the profile
@@ -54,11 +68,30 @@ def run(argv: list[str] | None = None) -> int:
         _quit_after_first_paint(app, window)
     window.show()
     for warning in warnings:
-        QMessageBox.warning(window, "Cleo", warning)
+        warn(window, warning)
     window.start()
     code = app.exec()
     window.close()  # however the loop ended, the engine's thread is closed before Python exits
     return code
+
+
+def _application(argv: list[str] | None, app_started: list[bool]) -> QApplication:
+    app = QApplication.instance() or QApplication(argv or sys.argv[:1])
+    assert isinstance(app, QApplication)
+    if not app_started:
+        app_started.append(True)
+        app.setApplicationName("Cleo")
+        app.setStyle("Fusion")
+    return app
+
+
+def _tell_why_not_started(argv: list[str] | None, app_started: list[bool], text: str, details: str = "") -> None:
+    print(text if not details else f"{text}\n{details}", file=sys.stderr, flush=True)
+    _application(argv, app_started)
+    box = message_box(QMessageBox.Icon.Critical, "Cleo cannot start", text)
+    if details:
+        box.setDetailedText(details)
+    box.exec()
 
 
 def qt_messages_to_the_log() -> list[bool]:

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from PySide6.QtWidgets import QCheckBox, QComboBox, QHBoxLayout, QLabel, QWidget
+from PySide6.QtWidgets import QCheckBox, QComboBox, QHBoxLayout, QWidget
 
 from app.controller import ChatController
+from app.widgets import plain_label
 
 if TYPE_CHECKING:
     from engine import ConversationView, Persona
@@ -17,7 +18,7 @@ class Header(QWidget):
         super().__init__()
         self.controller = controller
         self.personas = personas  # the saved personas, from the settings
-        self.title = QLabel()
+        self.title = plain_label()  # a title can come from an imported chat
         self.title.setAccessibleName(self.tr("Chat title"))
         self.memory_switch = QCheckBox(self.tr("Memory"))
         self.memory_switch.setAccessibleName(self.tr("Memory in this chat"))

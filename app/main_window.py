@@ -38,6 +38,7 @@ from app.memory_panel import MemoryPanel
 from app.sidebar import Sidebar
 from app.status_line import StatusLine
 from app.theme import Theme
+from app.widgets import message_box, warn
 from app.worker import EngineWorker
 from engine import folders
 
@@ -324,7 +325,7 @@ class MainWindow(QMainWindow):
 
     @Slot(object)
     def show_error(self, error: KnownError | InternalError) -> None:
-        QMessageBox.warning(self, self.tr("Cleo"), error.user_text())
+        warn(self, error.user_text(), self.tr("Cleo"))  # the text can quote a model file: shown literally
 
     @Slot(str)
     def report_bug(self, details: str) -> None:
@@ -333,10 +334,10 @@ class MainWindow(QMainWindow):
         if self._bug_reported:
             return
         self._bug_reported = True
-        box = QMessageBox(QMessageBox.Icon.Critical, self.tr("Cleo hit a problem"),
+        box = message_box(QMessageBox.Icon.Critical, self.tr("Cleo hit a problem"),
                           self.tr("Something went wrong inside Cleo. Your chats are saved and Cleo keeps running. "
                                   "Details are in the log folder: %1").replace("%1", str(folders().logs)),
-                          QMessageBox.StandardButton.Close, self)
+                          self, QMessageBox.StandardButton.Close)
         box.setDetailedText(details)
         box.setModal(False)
         box.show()

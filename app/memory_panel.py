@@ -19,7 +19,7 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from app.widgets import button
+from app.widgets import button, tooltip
 
 if TYPE_CHECKING:
     from engine import Memory, MemoryState
@@ -92,7 +92,7 @@ class MemoryPanel(QWidget):
             since = time.strftime("%Y-%m-%d", time.localtime(memory.created_at))
             item = QTreeWidgetItem([memory.kind + (" 📌" if memory.pinned else ""), memory.content, since])
             item.setData(0, _ID, memory.id)
-            item.setToolTip(1, memory.content)
+            item.setToolTip(1, tooltip(memory.content))
             self.remembered.addTopLevelItem(item)
         self.remembered.resizeColumnToContents(0)
         self.inbox.clear()

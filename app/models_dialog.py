@@ -17,7 +17,6 @@ from PySide6.QtWidgets import (
     QDialog,
     QFileDialog,
     QHBoxLayout,
-    QLabel,
     QProgressBar,
     QTableWidget,
     QTableWidgetItem,
@@ -26,7 +25,7 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from app.widgets import button
+from app.widgets import button, plain_label, tooltip
 from engine import KnownError, available_memory, download, estimate_need, folders, read_catalog
 
 if TYPE_CHECKING:
@@ -54,7 +53,6 @@ class DownloadWorker(QObject):
 
     @Slot(object, str)
     def fetch(self, entry: CatalogEntry, folder: str) -> None:
-        self.cancelled.clear()
         try:
             path = download(entry, Path(folder), cancelled=self.cancelled,
                             progress=lambda done, total: self.progressed.emit(entry.file_name, done, total))
@@ -89,7 +87,7 @@ class ModelsDialog(QDialog):
         self.table.setSelectionBehavior(QTableWidget.SelectionBehavior.SelectRows)
         self.table.setEditTriggers(QTableWidget.EditTrigger.NoEditTriggers)
         self.table.setAccessibleName(self.tr("Local models"))
-        self.message = QLabel()
+        self.message = plain_label()  # names broken files and what their headers say
         self.message.setWordWrap(True)
         add_file = button(self.tr("Add file…"), self.tr("List a GGUF file kept anywhere"),
                           self.on_add_file_button_clicked)
@@ -122,7 +120,7 @@ class ModelsDialog(QDialog):
         for i, entry in enumerate(self.catalog):
             for j, text in enumerate((entry.name, f"{entry.size / 2**30:.2f} GB", entry.licence)):
                 item = QTableWidgetItem(text)
-                item.setToolTip(entry.description or entry.url)
+                item.setToolTip(tooltip(entry.description or entry.url))
                 self.downloads.setItem(i, j, item)
             bar = QProgressBar()
             bar.setRange(0, 1000)
@@ -135,7 +133,7 @@ class ModelsDialog(QDialog):
                                     self.on_cancel_button_clicked)
         page = QWidget()
         layout = QVBoxLayout(page)
-        self.download_note = QLabel(catalog_note)
+        self.download_note = plain_label(catalog_note)
         self.download_note.setWordWrap(True)
         layout.addWidget(self.download_note)
         layout.addWidget(self.downloads)
@@ -169,7 +167,7 @@ class ModelsDialog(QDialog):
             for j, text in enumerate(cells):
                 item = QTableWidgetItem(text)
                 item.setData(_PATH, str(info.path))
-                item.setToolTip(str(info.path))
+                item.setToolTip(tooltip(str(info.path)))
                 self.table.setItem(i, j, item)
         self.table.resizeColumnsToContents()
         broken = [f"{u.path.name}: {u.problem}" for u in listed.unusable]
@@ -213,8 +211,12 @@ class ModelsDialog(QDialog):
 
     def on_download_button_clicked(self) -> None:
         row = self.downloads.currentRow()
-        if 0 <= row < len(self.catalog):
+        if 0 <= row < len(self.catalog) and self.download_button.isEnabled():
             self.download_note.setText(self.tr("Downloading %1…").replace("%1", self.catalog[row].name))
+            # One download at a time, until it ends however it ends. The flag is cleared here, not
+            # on the download's thread, so a Cancel pressed before that thread starts still counts.
+            self.download_button.setEnabled(False)
+            self.fetcher.cancelled.clear()
             self._download_requested.emit(self.catalog[row], str(folders().models))
 
     def on_cancel_button_clicked(self) -> None:
@@ -227,9 +229,11 @@ class ModelsDialog(QDialog):
 
     @Slot(str, str)
     def on_fetcher_finished(self, name: str, path: str) -> None:
+        self.download_button.setEnabled(True)
         self.download_note.setText(self.tr("Downloaded and checked: %1").replace("%1", path))
         self.folders_changed.emit(self.extra)  # lists it
 
     @Slot(str, object)
     def on_fetcher_failed(self, name: str, error: KnownError) -> None:
+        self.download_button.setEnabled(True)
         self.download_note.setText(error.user_text())

@@ -4,6 +4,11 @@ Written for what chat models produce: paragraphs, headings, lists, quotes, bold,
 code, links and fenced code blocks. Everything the model wrote is escaped first, so a reply can
 never inject markup. Links Cleo adds (copy, regenerate, ...) use the `cleo:` scheme; the view
 handles them, and opens http(s) links in the browser.
+
+A reply is rendered again on every repaint while it streams, and it is the model's (or an
+import's) text: rendering stays linear in its length. Inline patterns never scan past the next
+character that could close them, and a code block's language is guessed once, from its start
+(`bench/markdown.py` measures both against plain text of the same length).
 """
 
 from __future__ import annotations
@@ -11,18 +16,26 @@ from __future__ import annotations
 import html
 import re
 from dataclasses import dataclass
+from functools import lru_cache
 
 from pygments import highlight
 from pygments.formatters import HtmlFormatter
+from pygments.lexer import Lexer
 from pygments.lexers import TextLexer, get_lexer_by_name, guess_lexer
 from pygments.util import ClassNotFound
 
 _FENCE = re.compile(r"^```\s*([\w+#.-]*)\s*$")
-_INLINE = re.compile(r"`([^`]+)`|\*\*(.+?)\*\*|(?<![\w*])\*(?!\s)(.+?)(?<!\s)\*(?![\w*])|\[([^\]]+)\]\((https?://[^\s)]+)\)"
-                     r"|(https?://[^\s<]+[^\s<.,;:!?)])")
+# Each inner part stops at the next character that could end it ([^*] in italics, no "[" in a
+# link's label), so an opener without a closer costs a scan to the next such character, not to
+# the end of the line: "*a " * 20000 is linear.
+_INLINE = re.compile(r"`([^`]+)`|\*\*(.+?)\*\*|(?<![\w*])\*(?![\s*])([^*]+?)(?<!\s)\*(?![\w*])"
+                     r"|\[([^\[\]]+)\]\((https?://[^\s)]+)\)|(https?://[^\s<]+[^\s<.,;:!?)])")
 _LIST_ITEM = re.compile(r"^(\s*)([-*+]|\d+[.)])\s+(.*)$")
 _HEADING = re.compile(r"^(#{1,6})\s+(.*)$")
-_TABLE_RULE = re.compile(r"^\s*\|?\s*:?-+:?\s*(\|\s*:?-+:?\s*)*\|?\s*$")
+_TABLE_CELL_RULE = re.compile(r":?-+:?")
+GUESS_FROM = 4096  # characters of a code block its language is guessed from
+GUESS_OPEN_AFTER = 400  # a block still being written is guessed once it is this long (or closed)
+HIGHLIGHT_AT_MOST = 20_000  # longer code blocks are shown uncoloured: colouring is the costly part
 
 
 @dataclass(frozen=True)
@@ -43,12 +56,16 @@ class Rendered:
     code_blocks: list[str]  # their text, for "Copy" links numbered from `first_code`
 
 
-def render_markdown(text: str, palette: Palette, *, first_code: int = 0) -> Rendered:
-    """`text` (Markdown, as a model writes it) as HTML; a still-open code fence renders as code."""
+def render_markdown(text: str, palette: Palette, *, first_code: int = 0,
+                    lexers: dict[int, Lexer] | None = None) -> Rendered:
+    """`text` (Markdown, as a model writes it) as HTML; a still-open code fence renders as code.
+    `lexers` remembers the language guessed for each code block of this message (by its place in
+    the message), so a reply re-rendered while it streams guesses each block's language once."""
     out: list[str] = []
     codes: list[str] = []
     paragraph: list[str] = []
-    items: list[tuple[bool, str]] = []  # (ordered, html) of the list being read
+    items: list[tuple[bool, list[str]]] = []  # (ordered, html parts) of the list being read
+    guessed = {} if lexers is None else lexers
     lines = text.replace("\r\n", "\n").split("\n")
 
     def flush() -> None:
@@ -57,7 +74,7 @@ def render_markdown(text: str, palette: Palette, *, first_code: int = 0) -> Rend
             paragraph.clear()
         if items:
             tag = "ol" if items[0][0] else "ul"
-            out.append(f"<{tag}>" + "".join(f"<li>{body}</li>" for _, body in items) + f"</{tag}>")
+            out.append(f"<{tag}>" + "".join(f"<li>{' '.join(body)}</li>" for _, body in items) + f"</{tag}>")
             items.clear()
 
     i = 0
@@ -72,11 +89,12 @@ def render_markdown(text: str, palette: Palette, *, first_code: int = 0) -> Rend
                 code_lines.append(lines[i])
                 i += 1
             code = "\n".join(code_lines)
-            out.append(_code_block(code, fence.group(1), palette, first_code + len(codes)))
+            lexer = _lexer(code, fence.group(1), guessed, len(codes), closed=i < len(lines))
+            out.append(_code_block(code, fence.group(1), lexer, palette, first_code + len(codes)))
             codes.append(code)
         elif not line.strip():
             flush()
-        elif "|" in line and i + 1 < len(lines) and _TABLE_RULE.match(lines[i + 1]):
+        elif "|" in line and i + 1 < len(lines) and _is_table_rule(lines[i + 1]):
             flush()
             rows = [line]
             i += 2
@@ -92,13 +110,12 @@ def render_markdown(text: str, palette: Palette, *, first_code: int = 0) -> Rend
         elif item := _LIST_ITEM.match(line):
             if paragraph:
                 flush()
-            items.append((item.group(2)[0].isdigit(), _inline(item.group(3))))
+            items.append((item.group(2)[0].isdigit(), [_inline(item.group(3))]))
         elif line.startswith(">"):
             flush()
             out.append(f"<blockquote>{_inline(line.lstrip('> '))}</blockquote>")
         elif items:  # a continuation of the last list item
-            ordered, body = items[-1]
-            items[-1] = (ordered, body + " " + _inline(line.strip()))
+            items[-1][1].append(_inline(line.strip()))
         else:
             paragraph.append(line)
         i += 1
@@ -136,13 +153,43 @@ def _table(rows: list[str], palette: Palette) -> str:
             f'margin: 4px 0"><tr>{head}</tr>{body}</table>')
 
 
-def _code_block(code: str, language: str, palette: Palette, number: int) -> str:
+def _is_table_rule(line: str) -> bool:
+    """The line under a table's header: cells of dashes, each with an optional colon at either end."""
+    cells = line.strip().removeprefix("|").removesuffix("|").split("|")
+    return all(_TABLE_CELL_RULE.fullmatch(cell.strip()) for cell in cells)
+
+
+@lru_cache(maxsize=64)
+def _named_lexer(language: str) -> Lexer:
     try:
-        lexer = get_lexer_by_name(language) if language else guess_lexer(code) if len(code) > 40 else TextLexer()
+        return get_lexer_by_name(language)
+    except ClassNotFound:
+        return TextLexer()
+
+
+def _lexer(code: str, language: str, guessed: dict[int, Lexer], index: int, *, closed: bool) -> Lexer:
+    """The lexer for code block `index`: by its language, or guessed once from its start. A block
+    still being written is shown uncoloured until there is enough of it to guess from."""
+    if language:
+        return _named_lexer(language)
+    if index in guessed:
+        return guessed[index]
+    if not closed and len(code) < GUESS_OPEN_AFTER:
+        return TextLexer()
+    try:
+        lexer = guess_lexer(code[:GUESS_FROM]) if len(code) > 40 else TextLexer()
     except ClassNotFound:
         lexer = TextLexer()
-    formatter = HtmlFormatter(style=palette.code_style, noclasses=True, nowrap=True)
-    body = highlight(code, lexer, formatter).rstrip("\n")
+    guessed[index] = lexer
+    return lexer
+
+
+def _code_block(code: str, language: str, lexer: Lexer, palette: Palette, number: int) -> str:
+    if len(code) > HIGHLIGHT_AT_MOST:
+        body = html.escape(code, quote=False)
+    else:
+        formatter = HtmlFormatter(style=palette.code_style, noclasses=True, nowrap=True)
+        body = highlight(code, lexer, formatter).rstrip("\n")
     label = html.escape(language or lexer.name.lower())
     return (f'<table width="100%" cellpadding="8" style="background-color:{palette.code_background}; margin: 4px 0">'
             f'<tr><td><span style="color:{palette.muted}">{label}</span> &nbsp; '

@@ -6,6 +6,10 @@ there and waits for it to be taken (deleted), which is the answer. If nobody tak
 profile is held by `cleo chat`, or by a Cleo that hangs), the second launch opens its window as
 before and that window explains. Files rather than a local socket: QtNetwork would add
 megabytes to the bundle, and a file works alike on every OS.
+
+Anything can be put in that folder, so the open Cleo trusts none of it: it reads only regular
+files (a FIFO would block the window, a link could point anywhere), at most a few KB of each,
+deletes only its own kind of file in the folder itself, and leaves a folder that is a link alone.
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import stat
 import sys
 import time
 from collections.abc import Callable
@@ -26,6 +31,8 @@ log = logging.getLogger(__name__)
 
 _REQUESTS = "window-requests"
 _REQUEST_SUFFIX = ".request"
+_WRITING_SUFFIX = ".writing"
+_MOST_READ = 4096  # a request holds a focus token (about a hundred bytes) or nothing
 ANSWER_WITHIN_S = 3.0
 _WAYLAND_TOKEN = "XDG_ACTIVATION_TOKEN"
 
@@ -50,7 +57,7 @@ def _ask(folder: Path, token: str, wait_s: float) -> bool:
     request = folder / f"{name}{_REQUEST_SUFFIX}"
     try:
         folder.mkdir(exist_ok=True)
-        writing = folder / f"{name}.writing"
+        writing = folder / f"{name}{_WRITING_SUFFIX}"
         writing.write_text(token, encoding="utf-8")
         writing.replace(request)  # whole, never half-written, when the open Cleo looks
     except OSError as exc:
@@ -88,11 +95,12 @@ class SecondLaunches(QObject):
         self._watcher = QFileSystemWatcher(self)
         try:
             self._folder.mkdir(parents=True, exist_ok=True)
-            stale = list(self._folder.iterdir())  # left by a second launch that died: no request now
+            if not self._is_own_folder():
+                raise OSError(f"{self._folder} is not a folder of its own (a link?)")
         except OSError as exc:
             log.warning("a second launch cannot bring this window forward: %s", exc)
             return
-        for path in stale:
+        for path in self._own_files((_REQUEST_SUFFIX, _WRITING_SUFFIX)):  # left by second launches that died
             with contextlib.suppress(OSError):
                 path.unlink()
         if self._watcher.addPath(str(self._folder)):
@@ -109,19 +117,26 @@ class SecondLaunches(QObject):
     def on_poll_timeout(self) -> None:
         self._take_requests()
 
-    def _requests(self) -> list[Path]:
+    def _own_files(self, suffixes: tuple[str, ...]) -> list[Path]:
+        """The regular files in the folder (not links, FIFOs or folders) whose names end in `suffixes`."""
         try:
-            return [p for p in self._folder.iterdir() if p.name.endswith(_REQUEST_SUFFIX)]
+            if not self._is_own_folder():  # a link to a folder of the user's, made since Cleo started
+                return []
+            with os.scandir(self._folder) as entries:
+                return [Path(e.path) for e in entries if e.name.endswith(suffixes) and e.is_file(follow_symlinks=False)]
         except OSError:
             return []
 
+    def _is_own_folder(self) -> bool:
+        return stat.S_ISDIR(self._folder.lstat().st_mode)
+
     def _take_requests(self) -> None:
         tokens: list[str] = []
-        for request in self._requests():
+        for request in self._own_files((_REQUEST_SUFFIX,)):
             try:
-                token = request.read_bytes().decode("utf-8", errors="replace").strip()
-                request.unlink()
-            except OSError:  # the asker gave up and removed it first
+                token = _read_request(request)
+                request.unlink()  # never follows a link: what goes is the name in this folder
+            except OSError:  # the asker gave up and removed it first, or it is not a plain file after all
                 continue
             tokens.append(token)
         if tokens:
@@ -137,3 +152,17 @@ class SecondLaunches(QObject):
             self._show_window()
         finally:
             os.environ.pop(_WAYLAND_TOKEN, None)
+
+
+def _read_request(path: Path) -> str:
+    """The first few KB of a request, refusing anything that became a link or a FIFO since it was
+    listed (opening a FIFO without O_NONBLOCK waits for a writer that may never come)."""
+    flags = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_BINARY", 0)
+    fd = os.open(path, flags)
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise OSError(f"{path} is not a regular file")
+        data = os.read(fd, _MOST_READ)
+    finally:
+        os.close(fd)
+    return data.decode("utf-8", errors="replace").strip()

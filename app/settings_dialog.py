@@ -33,6 +33,7 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
+from app.widgets import plain_label
 from engine import Persona, Settings
 
 # Chosen elsewhere in the window (the model manager), not typed in here.
@@ -63,7 +64,7 @@ class SettingsDialog(QDialog):
             editor.setAccessibleName(label)
             editor.setAccessibleDescription(info.description or "")
             editor.setToolTip(info.description or "")
-            error = QLabel()
+            error = plain_label()  # quotes what was typed
             error.setStyleSheet("color: #c0392b")
             error.setWordWrap(True)
             error.hide()

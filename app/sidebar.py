@@ -24,7 +24,7 @@ from PySide6.QtWidgets import (
 )
 
 from app.controller import ChatController
-from app.widgets import button
+from app.widgets import button, message_box
 
 if TYPE_CHECKING:
     from engine import ConversationSummary, SearchHit
@@ -149,10 +149,10 @@ class Sidebar(QWidget):
             self.controller.change_conversation(summary.id, title=title.strip())
 
     def delete(self, summary: ConversationSummary) -> None:
-        box = QMessageBox(QMessageBox.Icon.Warning, self.tr("Delete chat"),
+        box = message_box(QMessageBox.Icon.Warning, self.tr("Delete chat"),
                           self.tr("Delete “%1” and all its messages? This cannot be undone.")
-                          .replace("%1", summary.title),
-                          QMessageBox.StandardButton.Yes | QMessageBox.StandardButton.No, self.window())
+                          .replace("%1", summary.title), self.window(),
+                          QMessageBox.StandardButton.Yes | QMessageBox.StandardButton.No)
         forget = QCheckBox(self.tr("Also forget what Cleo learned from this chat"))
         box.setCheckBox(forget)
         if box.exec() == QMessageBox.StandardButton.Yes:

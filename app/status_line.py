@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from PySide6.QtWidgets import QLabel, QProgressBar, QStatusBar
+from PySide6.QtWidgets import QProgressBar, QStatusBar
+
+from app.widgets import plain_label
 
 if TYPE_CHECKING:
     from engine import ModelState, Usage
@@ -13,9 +15,10 @@ if TYPE_CHECKING:
 class StatusLine(QStatusBar):
     def __init__(self) -> None:
         super().__init__()
-        self.model_label = QLabel(self.tr("Loading the model…"))
-        self.device_label = QLabel()
-        self.speed_label = QLabel()
+        # the model's name comes from its file, and the device from llama.cpp: shown as they are
+        self.model_label = plain_label(self.tr("Loading the model…"))
+        self.device_label = plain_label()
+        self.speed_label = plain_label()
         self.context_gauge = QProgressBar()
         self.context_gauge.setMaximumWidth(160)
         self.context_gauge.setFormat(self.tr("context %v / %m"))

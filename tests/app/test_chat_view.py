@@ -6,12 +6,15 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
+import pytest
+from pygments.lexer import Lexer
 from PySide6.QtCore import QUrl
 from pytestqt.qtbot import QtBot
 
+import app.render
 from app.main_window import MainWindow
 from app.worker import EngineWorker
-from engine import Done, Started, Token, open_profile
+from engine import ConversationView, Done, Message, Started, Token, open_profile
 from tests.helpers.gui import FAST, OpenWindow, idle, record_paints, remembered, rows, send
 
 
@@ -55,6 +58,38 @@ def test_tokens_are_painted_at_most_twenty_times_a_second(qtbot: QtBot, profile:
     seconds = time.monotonic() - start
     assert len(paints) <= 20 * seconds + 3
     assert paints[-1].endswith("w99 ")  # the last tokens are painted when the reply ends
+
+
+def test_a_code_blocks_language_is_guessed_once_while_its_reply_streams(
+        qtbot: QtBot, monkeypatch: pytest.MonkeyPatch) -> None:
+    guessed: list[str] = []
+    guess = app.render.guess_lexer
+
+    def counting(text: str) -> Lexer:
+        guessed.append(text)
+        return guess(text)
+
+    monkeypatch.setattr(app.render, "guess_lexer", counting)
+    window = MainWindow(FAST, EngineWorker(FAST))  # its engine is never started
+    qtbot.addWidget(window)
+    paints = record_paints(window)
+    stream = window.worker.turn_advanced
+    window.controller.current = "chat"
+    stream.emit("chat", Started("chat", "u", "r"))
+    reply = "Here it is:\n```\n"
+    stream.emit("chat", Token(reply))
+    for i in range(60):
+        token = f"total_{i} = compute(values[{i}]) + offset\n"
+        reply += token
+        stream.emit("chat", Token(token))
+        qtbot.wait(10)
+    stream.emit("chat", Done("r", "stop"))
+    # the chat comes back from the engine with the reply saved, and is shown again
+    saved = (Message("u", "chat", "user", "Some code?", None, 1.7e9),
+             Message("r", "chat", "assistant", reply, "u", 1.7e9, "stop"))
+    window.controller.on_worker_conversation_loaded(ConversationView("chat", "t", saved))
+    assert len(paints) >= 5 and paints[-1] == reply  # it was repainted many times while the block grew
+    assert len(guessed) == 1 and "total_0" in window.chat.toPlainText()
 
 
 def test_why_this_answer_is_kept_with_the_reply_and_a_forgotten_memory_leaves_it(

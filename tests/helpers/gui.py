@@ -8,6 +8,9 @@ from __future__ import annotations
 
 import shutil
 import sqlite3
+import subprocess
+import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Protocol
@@ -54,7 +57,12 @@ def profile(default_models: DefaultModelFiles, cleo_home: Path) -> Path:
 def open_window(qtbot: QtBot, profile: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[OpenWindow]:
     """Opens windows that record the errors they would show (as `window.errors`) instead of blocking."""
     errors: list[str] = []
-    monkeypatch.setattr(QMessageBox, "warning", lambda parent, title, text: errors.append(text))
+
+    def record(box: QMessageBox) -> int:
+        errors.append(box.text())
+        return QMessageBox.StandardButton.Ok.value
+
+    monkeypatch.setattr(QMessageBox, "exec", record)
     windows: list[MainWindow] = []
 
     def make(settings: Settings = FAST, *, ready: bool = True) -> MainWindow:
@@ -111,3 +119,27 @@ def remembered(panel: MemoryPanel) -> dict[str, QTreeWidgetItem]:
     """The memory panel's Remembered list, by text."""
     items = (panel.remembered.topLevelItem(i) for i in range(panel.remembered.topLevelItemCount()))
     return {item.text(1): item for item in items if item is not None}
+
+
+class ReaderWatch:
+    """Notices anything opening the FIFO `fifo` to read. Another process keeps opening it to write,
+    so every such reader reads end-of-file and goes on instead of waiting forever."""
+
+    _WRITER = ("import pathlib, sys\n"
+               "fifo, seen = sys.argv[1], pathlib.Path(sys.argv[2])\n"
+               "while True:\n"
+               "    open(fifo, 'wb').close()  # returns once a reader has opened the other end\n"
+               "    seen.touch()\n")
+
+    def __init__(self, fifo: Path) -> None:
+        self._seen = fifo.with_name(fifo.name + ".opened")
+        self._writer = subprocess.Popen([sys.executable, "-c", self._WRITER, str(fifo), str(self._seen)])
+
+    def stop(self) -> bool:
+        """Whether a reader came (the writer gets half a second to say so after a reader left)."""
+        deadline = time.monotonic() + 0.5
+        while not self._seen.exists() and time.monotonic() < deadline:
+            time.sleep(0.01)
+        self._writer.kill()
+        self._writer.wait()
+        return self._seen.exists()
