@@ -39,6 +39,8 @@ class ChatController(QObject):
     model_chosen = Signal(str)
     chat_model_chosen = Signal(str, str)
     settings_applied = Signal(object)
+    import_requested = Signal(str)
+    api_token_requested = Signal(bool)
     shutdown_requested = Signal()
 
     # to the window
@@ -81,6 +83,8 @@ class ChatController(QObject):
                              (self.model_chosen, worker.on_controller_model_chosen),
                              (self.chat_model_chosen, worker.on_controller_chat_model_chosen),
                              (self.settings_applied, worker.on_controller_settings_applied),
+                             (self.import_requested, worker.on_controller_import_requested),
+                             (self.api_token_requested, worker.on_controller_api_token_requested),
                              (self.shutdown_requested, worker.on_controller_shutdown_requested)):
             signal.connect(slot)
         self._thread.started.connect(worker.on_thread_started)
@@ -184,6 +188,14 @@ class ChatController(QObject):
 
     def apply_settings(self, settings: Settings) -> None:
         self.settings_applied.emit(settings)
+
+    def import_chats(self, path: str) -> None:
+        """Add the chats of a ChatGPT or Cleo export; the sidebar shows them once they are saved."""
+        self.import_requested.emit(path)
+
+    def request_api_token(self, *, renew: bool = False) -> None:
+        """The local API's token comes back from the worker (`api_token_ready`); `renew` makes a new one."""
+        self.api_token_requested.emit(renew)
 
     @property
     def settled(self) -> bool:

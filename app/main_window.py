@@ -2,9 +2,9 @@
 
 The window states intents through the `ChatController` and shows what comes back; it never
 touches the engine itself (it imports only the engine's public surface). Its parts live in their
-own modules (sidebar, header, status line, theme); this one puts them together, wires them to
-the controller and the engine's worker, and owns the composer, the menus, and the window's size
-and last chat, which come back at the next start.
+own modules (sidebar, header, composer, status line, theme); this one puts them together, wires
+them to the controller and the engine's worker, and owns the menus, and the window's size and last
+chat, which come back at the next start.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from PySide6.QtCore import Qt, Slot
-from PySide6.QtGui import QAction, QCloseEvent, QGuiApplication, QKeyEvent, QKeySequence
+from PySide6.QtGui import QAction, QCloseEvent, QGuiApplication, QKeySequence
 from PySide6.QtWidgets import (
     QDockWidget,
     QHBoxLayout,
@@ -24,7 +24,6 @@ from PySide6.QtWidgets import (
     QMainWindow,
     QMenu,
     QMessageBox,
-    QPlainTextEdit,
     QPushButton,
     QSplitter,
     QVBoxLayout,
@@ -32,6 +31,7 @@ from PySide6.QtWidgets import (
 )
 
 from app.chat_view import ChatView
+from app.composer import Composer
 from app.controller import ChatController
 from app.header import Header
 from app.memory_panel import MemoryPanel
@@ -44,6 +44,7 @@ from engine import folders
 
 if TYPE_CHECKING:  # dialogs and the store load when first used, after the window has painted
     from app.models_dialog import ModelsDialog
+    from app.settings_dialog import SettingsDialog
     from engine import (
         ConversationSummary,
         ConversationView,
@@ -63,28 +64,6 @@ log = logging.getLogger(__name__)
 WINDOW_STATE_FILE = "window.json"
 
 
-class Composer(QPlainTextEdit):
-    """Enter sends, Shift+Enter starts a new line, Esc stops the reply."""
-
-    def __init__(self, window: MainWindow) -> None:
-        super().__init__()
-        self._window = window
-        self.setPlaceholderText(self.tr("Message Cleo…  (Enter sends, Shift+Enter for a new line)"))
-        self.setAccessibleName(self.tr("Message"))
-        self.setAccessibleDescription(self.tr("Write to Cleo. Enter sends, Shift+Enter adds a line, Esc stops."))
-        self.setMaximumHeight(140)
-
-    def keyPressEvent(self, event: QKeyEvent) -> None:
-        enter = event.key() in (Qt.Key.Key_Return, Qt.Key.Key_Enter)
-        if enter and not event.modifiers() & Qt.KeyboardModifier.ShiftModifier:
-            self._window.send()
-            return
-        if event.key() == Qt.Key.Key_Escape:
-            self._window.controller.stop()
-            return
-        super().keyPressEvent(event)
-
-
 class MainWindow(QMainWindow):
     def __init__(self, settings: Settings, worker: EngineWorker) -> None:
         super().__init__()
@@ -96,6 +75,7 @@ class MainWindow(QMainWindow):
         self.controller = ChatController(worker, self.chat)
         self.model_state: ModelState | None = None
         self.models_dialog: ModelsDialog | None = None
+        self.settings_dialog: SettingsDialog | None = None  # while it is open
         self._bug_reported = False
         self._pending_scroll = ""  # a message to show once its chat has opened
         self._last_conversation = ""  # reopened once the model is ready
@@ -153,6 +133,8 @@ class MainWindow(QMainWindow):
         self._action(chats, self.tr("Copy last reply"), "Ctrl+Shift+C", self.copy_last_reply)
         self._action(chats, self.tr("Stop reply"), "Esc", self.controller.stop)
         chats.addSeparator()
+        self._action(chats, self.tr("Import chats…"), "Ctrl+Shift+I", self.import_chats)
+        chats.addSeparator()
         self._action(chats, self.tr("Quit"), QKeySequence.StandardKey.Quit, self.close)
         tools = self.menuBar().addMenu(self.tr("&Tools"))
         self._action(tools, self.tr("Memory"), "Ctrl+M", self.toggle_memory_panel)
@@ -176,6 +158,9 @@ class MainWindow(QMainWindow):
         worker.settings_changed.connect(self.on_worker_settings_changed)
         worker.request_failed.connect(self.show_error)
         worker.bug_reported.connect(self.report_bug)
+        worker.chats_imported.connect(self.on_worker_chats_imported)
+        worker.api_changed.connect(self.status_line.show_api)
+        worker.api_token_ready.connect(self.on_worker_api_token_ready)
         self.controller.current_changed.connect(self.on_controller_current_changed)
         self.controller.busy_changed.connect(self.on_controller_busy_changed)
         self.controller.usage_reported.connect(self.on_controller_usage_reported)
@@ -236,15 +221,30 @@ class MainWindow(QMainWindow):
     def open_settings(self) -> None:
         from app.settings_dialog import SettingsDialog
 
-        dialog = SettingsDialog(self.settings, self)
-        if dialog.exec() == SettingsDialog.DialogCode.Accepted and dialog.settings != self.settings:
-            self.controller.apply_settings(dialog.settings)
+        dialog = self.settings_dialog = SettingsDialog(self.settings, self)
+        dialog.copy_token_requested.connect(lambda: self.controller.request_api_token())
+        dialog.new_token_requested.connect(lambda: self.controller.request_api_token(renew=True))
+        try:
+            if dialog.exec() == SettingsDialog.DialogCode.Accepted and dialog.settings != self.settings:
+                self.controller.apply_settings(dialog.settings)
+        finally:
+            self.settings_dialog = None
+
+    def import_chats(self) -> None:
+        from app.import_chats import choose_export
+
+        path = choose_export(self)
+        if path:
+            self.controller.import_chats(path)
 
     def open_models(self) -> None:
         from app.models_dialog import ModelsDialog
+        from engine import hub_address
 
         if self.models_dialog is None:
-            self.models_dialog = ModelsDialog(self.settings.context_size, self.settings.model_folders, self)
+            self.models_dialog = ModelsDialog(self.settings.context_size, self.settings.model_folders, self,
+                                              hub=hub_address(self.settings))
+            self.models_dialog.models_changed.connect(self.controller.list_models)
             self.models_dialog.use_requested.connect(self.controller.use_model)
             self.models_dialog.use_in_chat_requested.connect(self.controller.use_model_in_chat)
             self.models_dialog.folders_changed.connect(self.on_models_dialog_folders_changed)
@@ -294,6 +294,25 @@ class MainWindow(QMainWindow):
         self.settings = settings
         self.theme.apply(settings)
         self.header.change_personas(settings.personas)
+        if self.models_dialog is not None:
+            from engine import hub_address
+
+            self.models_dialog.follow(hub_address(settings), settings.context_size)
+
+    @Slot(str)
+    def on_worker_chats_imported(self, what: str) -> None:
+        message_box(QMessageBox.Icon.Information, self.tr("Chats imported"),  # names the file: shown literally
+                    self.tr("Imported %1").replace("%1", what), self).exec()
+
+    @Slot(str, bool)
+    def on_worker_api_token_ready(self, token: str, renewed: bool) -> None:
+        QGuiApplication.clipboard().setText(token)
+        note = (self.tr("A new token was made and copied to the clipboard; apps must use it from now on.") if renewed
+                else self.tr("The token was copied to the clipboard."))
+        if self.settings_dialog is not None:
+            self.settings_dialog.show_token_note(note)
+        else:
+            self.status_line.showMessage(note, 5000)
 
     @Slot(object)
     def on_controller_current_changed(self, view: ConversationView | None) -> None:

@@ -1,8 +1,10 @@
 """The model manager: local models with what they are and whether they fit, folders to add, downloads.
 
-Downloads run on a thread of their own (the engine's thread may be busy writing a reply) and
-resume, report progress, can be cancelled, and are checked against the catalog's sha256 before
-the model is listed (the engine's `download` does all of that).
+The "Find on Hugging Face" tab (`app.model_search`) searches the Hub, shows a file's experts,
+context and fit before it is downloaded, and queues downloads. Catalog downloads run on a thread
+of their own (the engine's thread may be busy writing a reply) and resume, report progress, can
+be cancelled, and are checked against the catalog's sha256 before the model is listed (the
+engine's `download` does all of that).
 """
 
 from __future__ import annotations
@@ -25,8 +27,18 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
+from app.model_search import HubBrowser
 from app.widgets import button, plain_label, tooltip
-from engine import KnownError, available_memory, download, estimate_need, folders, read_catalog
+from engine import (
+    KnownError,
+    available_memory,
+    download,
+    estimate_need,
+    folders,
+    hub_address,
+    load_settings,
+    read_catalog,
+)
 
 if TYPE_CHECKING:
     from engine import CatalogEntry, ModelInfo, ModelList
@@ -70,10 +82,11 @@ class ModelsDialog(QDialog):
     use_requested = Signal(str)  # model path: for every chat that has no model of its own
     use_in_chat_requested = Signal(str)  # model path: for the open chat only
     folders_changed = Signal(object)  # tuple of folders/files to list models from
+    models_changed = Signal()  # a model was downloaded into a listed folder: list the models again
     _download_requested = Signal(object, str)  # catalog entry, folder: to the download thread
 
     def __init__(self, context_size: int, extra: tuple[str, ...], parent: QWidget | None = None, *,
-                 catalog: list[CatalogEntry] | None = None) -> None:
+                 catalog: list[CatalogEntry] | None = None, hub: str | None = None) -> None:
         super().__init__(parent)
         self.setWindowTitle(self.tr("Models"))
         self.setAccessibleName(self.tr("Models"))
@@ -107,6 +120,9 @@ class ModelsDialog(QDialog):
             row.addWidget(b)
         layout.addLayout(row)
         self.tabs.addTab(page, self.tr("On this computer"))
+        self.browser = HubBrowser(hub_address(load_settings()[0]) if hub is None else hub, context_size)
+        self.browser.saved.connect(self.models_changed)
+        self.tabs.addTab(self.browser, self.tr("Find on Hugging Face"))
 
         try:
             self.catalog = read_catalog() if catalog is None else catalog
@@ -144,7 +160,7 @@ class ModelsDialog(QDialog):
         self.tabs.addTab(page, self.tr("Download"))
         outer = QVBoxLayout(self)
         outer.addWidget(self.tabs)
-        self.resize(820, 420)
+        self.resize(1260, 660)
 
         self._thread = QThread(self)
         self.fetcher = DownloadWorker()
@@ -173,15 +189,23 @@ class ModelsDialog(QDialog):
         broken = [f"{u.path.name}: {u.problem}" for u in listed.unusable]
         self.message.setText(self.tr("Not usable: ") + "; ".join(broken) if broken else "")
 
+    def follow(self, hub: str, context_size: int) -> None:
+        """The settings changed: the Hub to search and the context the fit is estimated for."""
+        self.context_size = context_size
+        self.browser.follow(hub, context_size)
+
     def close_downloads(self) -> None:
+        self.browser.stop()
+        self.browser.download_list.close_queue()
         self.fetcher.cancelled.set()
         self._thread.quit()
         self._thread.wait(5000)
 
     def on_finished(self, _result: int) -> None:
         # Closing the manager cancels a download (it resumes later); the thread lives as long as
-        # the dialog, which the window keeps and shows again.
+        # the dialog, which the window keeps and shows again. Searches and Hub downloads stop too.
         self.fetcher.cancelled.set()
+        self.browser.stop()
 
     def on_use_button_clicked(self) -> None:
         self._use(self.use_requested)
@@ -231,7 +255,8 @@ class ModelsDialog(QDialog):
     def on_fetcher_finished(self, name: str, path: str) -> None:
         self.download_button.setEnabled(True)
         self.download_note.setText(self.tr("Downloaded and checked: %1").replace("%1", path))
-        self.folders_changed.emit(self.extra)  # lists it
+        self.folders_changed.emit(self.extra)
+        self.models_changed.emit()  # lists it
 
     @Slot(str, object)
     def on_fetcher_failed(self, name: str, error: KnownError) -> None:

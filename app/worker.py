@@ -7,6 +7,10 @@ event loop, so requests that arrive meanwhile (open another chat, search, edit a
 served between two tokens. `stop_reply()` is the one method called directly from the GUI
 thread: a queued stop would wait behind the reply it is meant to stop.
 
+The worker also starts, changes and stops the local API (`app.local_api.ApiSwitch`) here, on the
+Session's thread, as the settings say: its requests are turns in the Session's queue, which this
+thread writes with the window's (`_work_arrived` wakes it when another frontend queues one).
+
 All slots are defined here and nowhere else (a slot overridden in a subclass runs in the emitting
 thread, even through a queued connection).
 """
@@ -16,10 +20,12 @@ from __future__ import annotations
 import logging
 import traceback
 from collections.abc import Callable
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from PySide6.QtCore import QObject, QTimer, Signal, Slot
 
+from app.local_api import ApiSwitch
 from engine import KnownError, NotReady, Refresh
 
 if TYPE_CHECKING:  # the engine's runtime is imported on the worker's thread, after the window shows
@@ -45,6 +51,9 @@ class EngineWorker(QObject):
     settings_changed = Signal(object)  # Settings
     request_failed = Signal(object)  # KnownError: shown to the user
     bug_reported = Signal(str)  # a traceback: logged, reported, and Cleo keeps running
+    chats_imported = Signal(str)  # what an import added, in words
+    api_changed = Signal(str)  # where the local API listens ("127.0.0.1:8638"), or "" when it is off
+    api_token_ready = Signal(str, bool)  # the local API's token, and whether it was just made
     _work_arrived = Signal()  # another frontend queued a turn, from its own thread
 
     def __init__(self, settings: Settings, *, opener: Callable[[Settings], Session] | None = None) -> None:
@@ -55,6 +64,7 @@ class EngineWorker(QObject):
         self._model: ModelState | None = None  # as last shown
         self._learn_timer: QTimer | None = None
         self._pumping = False
+        self._api = ApiSwitch()
         self._work_arrived.connect(self._wake)  # queued when emitted from another thread
 
     # --- called from the GUI thread ----------------------------------------------------------------
@@ -141,9 +151,17 @@ class EngineWorker(QObject):
 
     @Slot(object)
     def on_controller_settings_applied(self, settings: Settings) -> None:
-        from engine import keep_settings
+        self._do(lambda s: self._apply_settings(s, settings), needs_session=False, idle=True)
 
-        self._do(lambda s: s.apply_settings(settings) if s else keep_settings(settings), needs_session=False, idle=True)
+    @Slot(str)
+    def on_controller_import_requested(self, path: str) -> None:
+        """Add the chats of the export at `path` (ChatGPT's or Cleo's), all or none."""
+        self._do(lambda s: self._import(s, Path(path)))
+
+    @Slot(bool)
+    def on_controller_api_token_requested(self, renew: bool) -> None:
+        """The local API's token for the clipboard; with `renew`, a new one (the old one stops working)."""
+        self._do(lambda _: self.api_token_ready.emit(self._api.token(renew=renew), renew), needs_session=False)
 
     @Slot()
     def on_controller_shutdown_requested(self) -> None:
@@ -165,11 +183,12 @@ class EngineWorker(QObject):
             self.session = (self._opener or open_session)(self.settings)
         except KnownError as exc:
             self.start_failed.emit(exc)
-            return
         except Exception:
             self._report_bug()
-            return
+        self._follow_api(self.settings)  # with no model yet, apps are told so until one loads
         session = self.session
+        if session is None:
+            return
         session.turns.on_submitted = self._work_arrived.emit
         self._show(Refresh(conversations=session.conversations(), memories=session.memory_state()))
         self._learn_later()  # what the last session did not get to
@@ -300,14 +319,43 @@ class EngineWorker(QObject):
             self._model = state
             self.model_loaded.emit(state)
 
+    def _apply_settings(self, session: Session | None, settings: Settings) -> None:
+        from engine import keep_settings
+
+        self._show(session.apply_settings(settings) if session else keep_settings(settings))
+        self._follow_api(settings)  # once saved and shown: a port in use is told, the settings stay as chosen
+
+    def _import(self, session: Session, path: Path) -> None:
+        from app.import_chats import export_source
+
+        report, refresh = session.import_chats(export_source(path), path)
+        self._show(refresh)
+        self.chats_imported.emit(f"{path.name}: {report.summary()}.")
+
+    def _follow_api(self, settings: Settings) -> None:
+        """Start, change or stop the local API as `settings` say; a port in use is the user's to fix."""
+        try:
+            self._api.follow(self.session, settings)
+        except KnownError as exc:
+            self.request_failed.emit(exc)
+        except Exception:
+            self._report_bug()
+        self.api_changed.emit(self._api.address)
+
     def _close_session(self) -> None:
         if self._learn_timer is not None:  # a timer must die on its own thread
             self._learn_timer.stop()
             self._learn_timer.setParent(None)
             self._learn_timer = None
         session, self.session = self.session, None
-        if session is not None:
-            session.close()
+        # Requests arriving from now on are told no model is loaded; closing the Session ends those
+        # under way, so the server then stops without waiting for them.
+        self._api.attach(None)
+        try:
+            if session is not None:
+                session.close()
+        finally:
+            self._api.stop()
 
     def _report_bug(self) -> None:
         log.exception("bug in the engine worker")

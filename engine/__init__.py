@@ -8,7 +8,8 @@ nothing before the window's first paint (llama.cpp, numpy and SQLite load with t
 Subpackages, each owning one concern: `chat` (a turn: assistant, prompt, KV cache), `runtime`
 (llama.cpp, the only importer of `llama_cpp`), `models` (GGUF files, catalog, downloads, fit),
 `storage` (the SQLite database, migrations, profile lock, conversations), `memory` (the memory
-book, learning, recall, vectors), `transfer` (imports and exports), `cli` (terminal commands).
+book, learning, recall, vectors), `transfer` (imports and exports), `cli` (terminal commands), `api`
+(the local OpenAI-compatible API; its server loads on first use).
 """
 
 from __future__ import annotations
@@ -36,11 +37,20 @@ _SURFACE = {
     "CatalogEntry": "engine.models.downloads", "download": "engine.models.downloads",
     "read_catalog": "engine.models.downloads", "DownloadCancelled": "engine.models.downloads",
     "available_memory": "engine.models.fit", "estimate_need": "engine.models.fit",
+    "HubModel": "engine.models.hub", "SearchPage": "engine.models.hub", "HubFile": "engine.models.hub",
+    "RepoFiles": "engine.models.hub", "Suggestion": "engine.models.hub", "hub_address": "engine.models.hub",
+    "search": "engine.models.hub", "search_next": "engine.models.hub", "repo_files": "engine.models.hub",
+    "suggestions": "engine.models.hub", "HubCancelled": "engine.models.hub_http",
+    "HubUnreachable": "engine.models.hub_http",
+    "RemoteModel": "engine.models.remote_header", "describe_remote": "engine.models.remote_header",
+    "DownloadQueue": "engine.models.hub_downloads", "QueuedDownload": "engine.models.hub_downloads",
+    "DownloadProgress": "engine.models.hub_downloads", "gpus": "engine.runtime.llama",
     "Settings": "engine.settings", "Persona": "engine.settings", "load_settings": "engine.settings",
     "save_settings": "engine.settings", "DEFAULT_SYSTEM_PROMPT": "engine.settings",
     "folders": "engine.paths", "ensure": "engine.paths", "BUNDLED_MODELS": "engine.paths",
     "default_chat_model": "engine.paths", "default_embedding_model": "engine.paths",
     "setup_logging": "engine.logs", "run_command": "engine.cli.main",
+    "LocalApi": "engine.api.server", "api_token": "engine.api.token", "new_token": "engine.api.token",
 }
 __all__ = [
     "BUNDLED_MODELS",
@@ -52,10 +62,17 @@ __all__ = [
     "ConversationView",
     "Done",
     "DownloadCancelled",
+    "DownloadProgress",
+    "DownloadQueue",
     "Event",
     "Failed",
+    "HubCancelled",
+    "HubFile",
+    "HubModel",
+    "HubUnreachable",
     "InternalError",
     "KnownError",
+    "LocalApi",
     "Memory",
     "MemoryState",
     "MemoryUpdated",
@@ -68,37 +85,51 @@ __all__ = [
     "Notice",
     "Persona",
     "Profile",
+    "QueuedDownload",
     "Recalled",
     "RecalledItem",
     "Refresh",
+    "RemoteModel",
+    "RepoFiles",
     "SearchHit",
+    "SearchPage",
     "Session",
     "Settings",
     "Started",
+    "Suggestion",
     "Token",
     "TurnTicket",
     "Unusable",
     "Usage",
+    "api_token",
     "available_memory",
     "choose_model",
     "default_chat_model",
     "default_database_path",
     "default_embedding_model",
+    "describe_remote",
     "download",
     "ensure",
     "estimate_need",
     "folders",
+    "gpus",
+    "hub_address",
     "in_use",
     "keep_settings",
     "list_models",
     "load_settings",
+    "new_token",
     "open_profile",
     "open_session",
     "read_catalog",
     "read_model_info",
+    "repo_files",
     "run_command",
     "save_settings",
+    "search",
+    "search_next",
     "setup_logging",
+    "suggestions",
 ]
 
 
@@ -112,6 +143,8 @@ def __getattr__(name: str) -> Any:
 
 
 if TYPE_CHECKING:
+    from engine.api.server import LocalApi
+    from engine.api.token import api_token, new_token
     from engine.chat.conversation import Message
     from engine.chat.requests import TurnTicket
     from engine.cli.main import main as run_command
@@ -122,8 +155,24 @@ if TYPE_CHECKING:
     from engine.models.catalog import ModelInfo, Unusable, read_model_info
     from engine.models.downloads import CatalogEntry, DownloadCancelled, download, read_catalog
     from engine.models.fit import available_memory, estimate_need
+    from engine.models.hub import (
+        HubFile,
+        HubModel,
+        RepoFiles,
+        SearchPage,
+        Suggestion,
+        hub_address,
+        repo_files,
+        search,
+        search_next,
+        suggestions,
+    )
+    from engine.models.hub_downloads import DownloadProgress, DownloadQueue, QueuedDownload
+    from engine.models.hub_http import HubCancelled, HubUnreachable
+    from engine.models.remote_header import RemoteModel, describe_remote
     from engine.paths import BUNDLED_MODELS, default_chat_model, default_embedding_model, ensure, folders
     from engine.profile import Profile, open_profile
+    from engine.runtime.llama import gpus
     from engine.session import Session, choose_model, keep_settings, list_models, open_session
     from engine.settings import DEFAULT_SYSTEM_PROMPT, Persona, Settings, load_settings, save_settings
     from engine.storage.conversations import ConversationSummary, SearchHit

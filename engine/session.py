@@ -14,6 +14,7 @@ coming local API) puts its turns there and reads their events from its ticket.
 from __future__ import annotations
 
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -239,6 +240,29 @@ class Session:
         yield from self.turns.run(ticket, self._clock)
         self._last_activity = self._clock()
 
+    def submit_request(self, frontend: str, request_id: str, work: Callable[[ChatModel, threading.Event], Turn],
+                       *, model_path: Path | None = None) -> TurnTicket:
+        """Queue work that is no chat's turn (a local API request): in its turn, on this Session's thread,
+        the model at `model_path` is loaded if another is (the next chat turn loads its own back), then
+        `work(model, stop)` writes the events. Any thread; `Busy` when the queue is full."""
+        self._last_activity = self._clock()
+
+        def turn(stop: threading.Event) -> Turn:
+            if model_path is not None and model_path != self.assistant.model.path:
+                try:
+                    self._load(model_path, self.settings)
+                except KnownError as exc:
+                    yield Failed(exc)
+                    return
+            yield from work(self.assistant.model, stop)
+        return self.turns.submit(frontend, request_id, turn)
+
+    def serve(self, until: threading.Event, *, poll_s: float = 0.2) -> None:
+        """On this Session's thread: write every queued turn as it comes, until `until` is set (`cleo serve`)."""
+        while not until.is_set():
+            if self.turns.wait_for_work(poll_s):
+                self.step(0.05)
+
     def _submit(self, frontend: str, conversation_id: str, start: Callable[[Any], Turn]) -> TurnTicket:
         self._last_activity = self._clock()
 
@@ -321,8 +345,10 @@ class Session:
         return Refresh(conversation=self.view(conversation_id), model=self.model_state() if loaded else None)
 
     def apply_settings(self, settings: Settings) -> Refresh:
-        """Save `settings` and apply them; a change in `RELOADING_SETTINGS` loads the model again."""
-        self.check_idle()
+        """Save `settings` and apply them; a change in `RELOADING_SETTINGS` loads the model again,
+        which waits until no reply (of any frontend) is being written; other changes apply at once."""
+        if any(getattr(self.settings, name) != getattr(settings, name) for name in RELOADING_SETTINGS):
+            self.check_idle()
         old, self.settings = self.settings, settings
         save_settings(settings)
         self.memory.ask_before_remembering = settings.ask_before_remembering

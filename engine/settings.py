@@ -21,10 +21,11 @@ import difflib
 import json
 import logging
 import os
+import re
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 from pydantic_core import ErrorDetails
 
 from engine.errors import SettingsInvalid
@@ -55,6 +56,12 @@ DEFAULT_PERSONAS = (
     Persona(name="Tutor", instructions="You are Cleo, a patient tutor. Explain step by step with small examples, "
                                        "and end with one question that checks understanding."),
 )
+
+# The local API's token may come from the environment (for scripts); it is no setting, so it is never saved.
+API_TOKEN_VARIABLE = "CLEO_API_TOKEN"
+# A web origin as browsers send it: scheme, host and an optional port, nothing after.
+_ORIGIN = re.compile(r"^https?://(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9.-]+)(:[0-9]{1,5})?$")
+_HOST_NAME = re.compile(r"^[A-Za-z0-9.-]{1,253}$")
 
 
 class Settings(BaseModel):
@@ -112,9 +119,80 @@ class Settings(BaseModel):
     theme: Literal["system", "light", "dark"] = Field("system", description="Colour theme of the window.")
     font_size: int = Field(11, ge=8, le=32, description="Size of the chat text, in points.")
 
+    # Local API (OpenAI-compatible, for other apps on this computer)
+    api_enabled: bool = Field(False, description="Serve the local API while Cleo's window is open.")
+    api_port: int = Field(8638, ge=1, le=65535, description="Port of the local API on this computer.")
+    api_allowed_origins: str = Field(
+        "", max_length=4000,
+        description="Web pages that may call the local API from a browser: origins such as https://example.com, "
+                    "separated by spaces or commas.",
+    )
+    api_allowed_hosts: str = Field(
+        "", max_length=4000,
+        description="Host names the local API answers to besides localhost, 127.0.0.1 and [::1], separated by "
+                    "spaces or commas.",
+    )
+    api_listen_on_network: bool = Field(
+        False, description="Let other computers on the network reach the local API (the token is still required).",
+    )
+    api_max_body_bytes: int = Field(
+        4 * 1024 * 1024, ge=1024, le=256 * 1024 * 1024, description="Largest request the local API accepts, in bytes.",
+    )
+    api_queue_limit: int = Field(
+        16, ge=1, le=1024, description="Requests the local API lets wait for the model; more are told to retry.",
+    )
+    api_request_timeout_s: float = Field(
+        600.0, ge=1.0, le=86400.0, description="Longest a local API request may take, waiting included, in seconds.",
+    )
+    api_memory: bool = Field(
+        False, description="Let apps using the model id 'cleo' get your instructions and what Cleo remembers.",
+    )
+    api_save_chats: bool = Field(False, description="Keep the local API's conversations in your chat history.")
+
+    # Finding models
+    hub_url: str = Field(
+        "https://huggingface.co", max_length=400,
+        description="Where Cleo searches for and downloads models: Hugging Face, or a mirror of it. Left at "
+                    "https://huggingface.co, the HF_ENDPOINT variable is used when it is set.",
+    )
+
+    @field_validator("hub_url")
+    @classmethod
+    def _hub_url(cls, text: str) -> str:
+        # Downloads add their own rule (https, or plain http to this computer only); this checks the form.
+        if not re.match(r"^https?://[A-Za-z0-9.\-\[\]:]+(/[A-Za-z0-9._~/-]*)?$", text):
+            raise ValueError(f"{text!r} is not a web address like https://huggingface.co")
+        return text.rstrip("/")
+
+    @field_validator("api_allowed_origins")
+    @classmethod
+    def _origins(cls, text: str) -> str:
+        for origin in _items(text):
+            if not _ORIGIN.match(origin):
+                raise ValueError(f"{origin!r} is not an origin like https://example.com or http://localhost:3000")
+        return ", ".join(_items(text.lower()))
+
+    @field_validator("api_allowed_hosts")
+    @classmethod
+    def _hosts(cls, text: str) -> str:
+        for host in _items(text):
+            if not _HOST_NAME.match(host):
+                raise ValueError(f"{host!r} is not a host name like my-computer.local")
+        return ", ".join(_items(text.lower()))
+
+    def api_origins(self) -> tuple[str, ...]:
+        return _items(self.api_allowed_origins)
+
+    def api_hosts(self) -> tuple[str, ...]:
+        return _items(self.api_allowed_hosts)
+
     def updated(self, **changes: Any) -> Settings:
         """A copy with `changes` applied, validated like everything else."""
         return _validate({**self.model_dump(), **changes}, source="the change")
+
+
+def _items(text: str) -> tuple[str, ...]:
+    return tuple(item for item in re.split(r"[\s,]+", text) if item)
 
 
 def settings_file() -> Path:
@@ -198,7 +276,7 @@ def _misspelled_variables() -> list[str]:
     names = [ENV_PREFIX + name.upper() for name in Settings.model_fields]
     warnings = []
     for variable in sorted(os.environ):
-        if variable.startswith(ENV_PREFIX) and variable not in (*names, HOME_VARIABLE):
+        if variable.startswith(ENV_PREFIX) and variable not in (*names, HOME_VARIABLE, API_TOKEN_VARIABLE):
             close = difflib.get_close_matches(variable, names, n=1, cutoff=0.9)
             if close:
                 warnings.append(f"The variable {variable} is not a setting and was ignored; did you mean {close[0]}?")

@@ -182,15 +182,18 @@ class Assistant:
         return self.memory.learning_pending
 
     def ask_json(self, messages: list[dict[str, str]], schema: dict[str, Any]) -> Any:
-        """A side question to the model, answered as JSON following `schema`.
+        """A side question to the model, answered as JSON following `schema`. The conversation's
+        cache is set aside first (`set_cache_aside`)."""
+        self.set_cache_aside()
+        return self.model.complete_json(messages, schema)
 
-        The conversation's cache is set aside first, like switching chats, so the next turn
-        restores it instead of reading the whole conversation again.
-        """
+    def set_cache_aside(self) -> None:
+        """Keep the model's cache of the conversation it holds, like switching chats, before the model
+        is used for anything else (a side question, a local API request): that conversation's next
+        turn restores it instead of reading its whole prompt again. On the model's thread."""
         if self._cache_owner is not None and self.model.cached_tokens:
             self._snapshots.put(self._cache_owner, self.model.snapshot())
         self._cache_owner = None
-        return self.model.complete_json(messages, schema)
 
     def use_model(self, model: ChatModel, settings: Settings) -> None:
         """Switch to `model`, already loaded (a failed load leaves the current one serving)."""

@@ -39,13 +39,21 @@ class ChatModel(Protocol):
 
     def detokenize(self, tokens: Sequence[int]) -> str: ...
 
-    def chat_tokens(self, messages: Sequence[dict[str, str]]) -> list[int]:
-        """The tokens the model reads for `messages` (its chat template), ending where its reply begins."""
+    @property
+    def chat_template(self) -> str:
+        """The source of its chat template (what says whether, and how, it takes tools)."""
+        ...
+
+    def chat_tokens(self, messages: Sequence[dict[str, Any]], *, tools: Sequence[dict[str, Any]] | None = None
+                    ) -> list[int]:
+        """The tokens the model reads for `messages` and the functions in `tools` (its chat template),
+        ending where its reply begins."""
         ...
 
     def stream(self, prompt: Sequence[int], sampling: Sampling, stop: threading.Event | None = None,
-               stats: ReplyStats | None = None) -> Iterator[str]:
-        """The reply's text piece by piece; setting `stop` ends it within one token."""
+               stats: ReplyStats | None = None, *, special: bool = False) -> Iterator[str]:
+        """The reply's text piece by piece; setting `stop` ends it within one token. With `special`,
+        control tokens but end-of-generation are part of the text (tool calls are marked with them)."""
         ...
 
     def complete_json(self, messages: Sequence[dict[str, str]], schema: dict[str, Any]) -> Any: ...

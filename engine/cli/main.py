@@ -17,7 +17,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from engine.chat.requests import TurnTicket
-from engine.cli import memory_commands, model_commands, transfer_commands
+from engine.cli import memory_commands, model_commands, serve_command, transfer_commands
 from engine.cli.terminal_text import json_text, printable
 from engine.cli.typed_lines import TypedLines
 from engine.errors import InternalError, KnownError
@@ -50,8 +50,10 @@ def main(argv: list[str]) -> int:
     info = models_commands.add_parser("info", help="what a GGUF file holds")
     info.add_argument("path", type=Path)
     info.add_argument("--json", action="store_true", help="print JSON instead of text")
+    model_commands.add_hub_actions(models_commands)
     memory_commands.add_commands(commands)
     transfer_commands.add_commands(commands)
+    serve_command.add_commands(commands)
     args = parser.parse_args(argv)
     _output_that_cannot_fail()
     try:
@@ -63,7 +65,11 @@ def main(argv: list[str]) -> int:
             return memory_commands.run(args)
         if args.command in transfer_commands.COMMANDS:
             return transfer_commands.run(args)
+        if args.command == "serve":
+            return serve_command.run(args, settings)
         if args.command == "models":
+            if args.models_command in model_commands.HUB_ACTIONS:
+                return model_commands.run_hub(args, settings)
             return model_commands.run(args.models_command, path=getattr(args, "path", None), as_json=args.json)
         return run_chat(settings, model_path=args.model, once=args.once, as_json=args.json)
     except KnownError as exc:  # its message may quote a file's metadata or a chat template

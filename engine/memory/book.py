@@ -243,7 +243,7 @@ class MemoryBook:
             conn.execute("DELETE FROM memory_log")
             conn.execute("DELETE FROM summaries")
             conn.execute("DELETE FROM reply_recalls WHERE kind = 'memory'")
-        erase_deleted(self.database, "memories_fts")
+        erase_deleted(self.database)
 
     def _delete(self, memory_id: str, action: str, reason: str) -> None:
         versions = self.conn.execute(
@@ -259,7 +259,7 @@ class MemoryBook:
             conn.executemany("UPDATE memories SET replaces = NULL WHERE replaces = ?", ids)
             conn.executemany("DELETE FROM memories WHERE id = ?", ids)
             _log(conn, memory_id, action, "", reason, None)
-        erase_deleted(self.database, "memories_fts")
+        erase_deleted(self.database)
 
     # --- vectors ----------------------------------------------------------------------------------
 

@@ -5,8 +5,9 @@ database (table `learning_queue`), so closing Cleo, or a crash, before the idle 
 learning runs loses nothing. `Learning.learn` takes the queue one item per model call: a turn
 becomes ADD / SUPERSEDE / NONE of a memory (`EXTRACTION_SCHEMA`), a stretch of conversation
 becomes an episodic summary (`SUMMARY_SCHEMA`, table `summaries`) saved as an "event" memory.
-An item leaves the queue only once what it taught is saved: a crash or an error in between leaves
-it there, to be tried again, `_ATTEMPTS` times at most.
+An item leaves the queue in the transaction that saves what it taught: a crash or an error before
+leaves it there, to be tried again, `_ATTEMPTS` times at most (an interrupted try, Ctrl-C or
+closing, is not counted).
 """
 
 from __future__ import annotations
@@ -30,6 +31,8 @@ log = logging.getLogger(__name__)
 
 # Asks the loaded model for JSON following a schema (`Assistant.ask_json`).
 AskJson = Callable[[list[dict[str, str]], dict[str, Any]], Any]
+# Saves what the model taught (in the transaction that also removes its queue item).
+Save = Callable[[], "MemoryUpdated | None"]
 
 EXTRACTION_SCHEMA: dict[str, Any] = {
     "type": "object",
@@ -103,13 +106,25 @@ class Learning:
         while (at_most is None or done < at_most) and (queued := self._next_queued()) is not None:
             done += 1
             item, kind, conversation_id, messages = queued
-            update = (self._summarise(ask, conversation_id, messages) if kind == "summary"
-                      else self._learn_from(ask, conversation_id, messages, propose))
-            with self.book.database.write() as conn:  # only now: what it taught is saved
+            try:  # the model's answer first: no transaction is held while it thinks
+                save = (self._summarise(ask, conversation_id, messages) if kind == "summary"
+                        else self._learn_from(ask, conversation_id, messages, propose))
+            except BaseException as exc:
+                if not isinstance(exc, Exception):  # Ctrl-C or closing: the item is not to blame
+                    self._not_an_attempt(item)
+                raise
+            # What it taught and the item's removal in one transaction: a failure in between can
+            # neither lose the lesson nor learn it twice.
+            with self.book.database.write() as conn:
+                update = save() if save is not None else None
                 conn.execute("DELETE FROM learning_queue WHERE id = ?", (item,))
             if update is not None:
                 updates.append(update)
         return updates
+
+    def _not_an_attempt(self, item: int) -> None:
+        with self.book.database.write() as conn:
+            conn.execute("UPDATE learning_queue SET attempts = max(attempts - 1, 0) WHERE id = ?", (item,))
 
     def _queue(self, kind: str, conversation_id: str, messages: Sequence[Message]) -> None:
         ids = json.dumps([m.id for m in messages])
@@ -144,7 +159,8 @@ class Learning:
         return row[0], row[1], row[2], messages
 
     def _learn_from(self, ask: AskJson, conversation_id: str, messages: list[Message],
-                    propose: bool) -> MemoryUpdated | None:
+                    propose: bool) -> Save | None:
+        """Ask the model what the turn teaches; what saves it (in the caller's transaction), or None."""
         user = next((m for m in messages if m.role == "user"), None)
         if user is None or REMEMBER_REQUEST.match(user.content) or FORGET_REQUEST.match(user.content):
             return None
@@ -154,7 +170,7 @@ class Learning:
         except KnownError as exc:
             log.warning("could not learn from a turn in %s: %s", conversation_id, exc.message)
             return None
-        return self._apply(decision, known, conversation_id, user, propose)
+        return lambda: self._apply(decision, known, conversation_id, user, propose)
 
     def _related_memories(self, text: str) -> list[Memory]:
         found = self.recall.search(text, k=8, messages=False)
@@ -180,7 +196,8 @@ class Learning:
                                        source_conversation_id=conversation_id)
         return MemoryUpdated(action, memory.id, memory.content)
 
-    def _summarise(self, ask: AskJson, conversation_id: str, messages: list[Message]) -> MemoryUpdated | None:
+    def _summarise(self, ask: AskJson, conversation_id: str, messages: list[Message]) -> Save | None:
+        """Ask the model for a summary; what saves it (in the caller's transaction), or None."""
         if not messages:
             return None
         exchange = "\n".join(f"{'User' if m.role == 'user' else 'Assistant'}: {shorten(m.content, 600)}"
@@ -195,7 +212,10 @@ class Learning:
         if len(summary) < 10:
             return None
         day = time.strftime("%Y-%m-%d", time.localtime(messages[0].created_at))
-        action, memory = self.book.add(f"On {day}: {summary}", "event", importance=0.3,
+        return lambda: self._save_summary(f"On {day}: {summary}", conversation_id, messages)
+
+    def _save_summary(self, summary: str, conversation_id: str, messages: list[Message]) -> MemoryUpdated:
+        action, memory = self.book.add(summary, "event", importance=0.3,
                                        reason="summary of a conversation", source_message_id=messages[-1].id,
                                        source_conversation_id=conversation_id)
         with self.book.database.write() as conn:

@@ -36,10 +36,12 @@ class LongTermMemory:
         self.ask_before_remembering = ask_before_remembering
         self.recall_k = recall_k
 
-    def _enabled(self, conversation_id: str) -> bool:
-        return self.store.memory_enabled(conversation_id)
+    def _enabled(self, conversation_id: str | None) -> bool:
+        return conversation_id is None or self.store.memory_enabled(conversation_id)
 
-    def pinned_block(self, conversation_id: str) -> str:
+    def pinned_block(self, conversation_id: str | None) -> str:
+        """What Cleo knows about the user, for the prompt of `conversation_id`; for None (a request
+        that is no chat's, e.g. through the local API, which the user allowed memory for) always."""
         if not self._enabled(conversation_id):
             return ""
         known = self.book.about_user(_PINNED_LIMIT)  # a stable order keeps the prompt's prefix
@@ -48,7 +50,9 @@ class LongTermMemory:
         lines = "\n".join(f"- {m.content}" for m in known)
         return f"What you know about the user (from earlier conversations):\n{lines}"
 
-    def context_for(self, conversation_id: str, user_text: str) -> Recollection:
+    def context_for(self, conversation_id: str | None, user_text: str) -> Recollection:
+        """What is recalled for `user_text`, leaving out `conversation_id`'s own messages (they are in
+        its prompt already); for None, recalled from every chat, as `pinned_block` says."""
         if not self._enabled(conversation_id):
             return Recollection()
         shown = {m.id for m in self.book.about_user(_PINNED_LIMIT)}  # already in the block above

@@ -38,7 +38,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from engine.errors import DownloadFailed, KnownError
-from engine.paths import RESOURCES, make_private_folder, sync_folder
+from engine.paths import RESOURCES, ensure, sync_folder
 
 CATALOG_FILE = RESOURCES / "catalog.json"
 # Small reads keep progress and the cancel check frequent; the watcher makes a stalled read end too.
@@ -124,14 +124,14 @@ def download(entry: CatalogEntry, folder: Path, *, progress: Progress | None = N
     cancelled = cancelled if cancelled is not None else threading.Event()
     check_url(entry.url)
     if not folder.exists():
-        make_private_folder(folder)
+        ensure(folder)  # one Cleo made: private, and a folder it cannot write is said in words
     final = folder / entry.file_name
     part = folder / (entry.file_name + ".part")
     have = part.stat().st_size if part.exists() else 0
     if have > entry.size:  # not ours to resume
         part.unlink()
         have = 0
-    digest = _hash_of(part) if have else hashlib.sha256()
+    digest = _hash_of(part, entry, cancelled) if have else hashlib.sha256()
     if have == entry.size and digest.hexdigest() != entry.sha256:  # complete but wrong: start over
         part.unlink()
         have, digest = 0, hashlib.sha256()
@@ -239,10 +239,14 @@ def _failed(entry: CatalogEntry, exc: BaseException, cancelled: threading.Event)
     return DownloadFailed(f"Download of {entry.name} from {entry.url} failed: {exc}.", hint=_RETRY_HINT)
 
 
-def _hash_of(path: Path) -> Any:
+def _hash_of(path: Path, entry: CatalogEntry, cancelled: threading.Event) -> Any:
+    """The sha256 of what `path` holds, read a MiB at a time: Cancel is honoured between two reads
+    (a `.part` of several GB takes many seconds to hash)."""
     digest = hashlib.sha256()
     with path.open("rb") as f:
         for chunk in iter(lambda: f.read(_HASH_CHUNK), b""):
+            if cancelled.is_set():
+                raise _cancelled(entry)
             digest.update(chunk)
     return digest
 

@@ -8,7 +8,9 @@ be terabytes long and cost no disk, so bytes alone bound nothing): at most `MAX_
 `MAX_TENSORS` tensors, `MAX_ITEMS` array items read or looped over, `MAX_TEXT_BYTES` of text
 kept. Every failure is a `ModelFileInvalid` naming the file and the problem. Large arrays (the
 vocabulary, merges) are skipped over, keeping only their length, unless the caller needs them
-(training reads the vocabulary from here too): the one reader of GGUF metadata in Cleo.
+(training reads the vocabulary from here too): the one reader of GGUF metadata in Cleo, for a
+file on disk (`read_header`) and for any other source of bytes (`read_header_from`: the start of
+a file on Hugging Face, read before downloading it), with the same checks and limits for both.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ import stat
 import struct
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, Protocol
 
 from gguf import GGML_QUANT_SIZES, GGMLQuantizationType, GGUFValueType
 
@@ -78,10 +80,20 @@ class GGUFHeader:
     value_types: dict[str, ValueType] = field(default_factory=dict)
 
 
+class Readable(Protocol):
+    """What the reader needs of its source: a binary file, or anything that reads, skips and counts like one."""
+
+    def read(self, n: int, /) -> bytes: ...
+
+    def seek(self, offset: int, whence: int = 0, /) -> int: ...
+
+    def tell(self) -> int: ...
+
+
 class _Cursor:
     """Bounded reads from a file; running past the end is a clear error, not a short read."""
 
-    def __init__(self, f: BinaryIO, size: int, path: Path) -> None:
+    def __init__(self, f: Readable, size: int, path: Path) -> None:
         self.f, self.size, self.path = f, size, path
         self.pos = f.tell()  # counted here: asking the file on every read doubled the time to read a vocabulary
         self.items_left = MAX_ITEMS
@@ -144,15 +156,26 @@ def read_header(path: Path, *, skip_long_arrays: bool = True) -> GGUFHeader:
     """
     with _open_regular_file(path) as f:
         try:
-            size = os.fstat(f.fileno()).st_size
-            cursor = _Cursor(f, size, path)
-            version, metadata, lengths, types, tensors = _read_tables(cursor, skip_long_arrays)
+            return read_header_from(f, os.fstat(f.fileno()).st_size, path, skip_long_arrays=skip_long_arrays)
         except OSError as exc:  # a disk or network share failing mid-read
             raise _unreadable(path, exc) from exc
-        alignment = metadata.get("general.alignment", _DEFAULT_ALIGNMENT)
-        if not isinstance(alignment, int) or alignment <= 0 or alignment & (alignment - 1):
-            raise cursor.invalid(f"general.alignment is {alignment!r}, not a power of two")
-        data_offset = -(-cursor.pos // alignment) * alignment
+
+
+def read_header_from(source: Readable, size: int, path: Path | str, *,
+                     skip_long_arrays: bool = True) -> GGUFHeader:
+    """The header of the `size`-byte GGUF file whose bytes `source` gives from where it stands now.
+
+    `path` names the file in every message (and in the header). The checks and limits are those of
+    `read_header`; `size` is what the source announced, so a count larger than the rest of the
+    file is refused before anything is read past the header.
+    """
+    path = Path(path)
+    cursor = _Cursor(source, size, path)
+    version, metadata, lengths, types, tensors = _read_tables(cursor, skip_long_arrays)
+    alignment = metadata.get("general.alignment", _DEFAULT_ALIGNMENT)
+    if not isinstance(alignment, int) or alignment <= 0 or alignment & (alignment - 1):
+        raise cursor.invalid(f"general.alignment is {alignment!r}, not a power of two")
+    data_offset = -(-cursor.pos // alignment) * alignment
     header = GGUFHeader(path, version, metadata, lengths, tensors, data_offset, size, types)
     _check_tensor_data(header, cursor)
     return header

@@ -132,13 +132,20 @@ class LlamaChatModel:
     def detokenize(self, tokens: Sequence[int]) -> str:
         return self._llm.detokenize(list(tokens)).decode("utf-8", "replace")
 
-    def render_chat(self, messages: Sequence[dict[str, str]]) -> str:
-        """`messages` as the prompt text the model's own chat template makes of them."""
-        return self._template.render(messages, add_generation_prompt=True)
+    @property
+    def chat_template(self) -> str:
+        """The source of the chat template the model's prompts are rendered with."""
+        return self._template.source
 
-    def chat_tokens(self, messages: Sequence[dict[str, str]]) -> list[int]:
-        """The exact tokens the model reads for `messages`, ending where its reply begins."""
-        return self.tokenize(self.render_chat(messages))
+    def render_chat(self, messages: Sequence[dict[str, Any]], *, tools: Sequence[dict[str, Any]] | None = None
+                    ) -> str:
+        """`messages` as the prompt text the model's own chat template makes of them, offering `tools`."""
+        return self._template.render(messages, add_generation_prompt=True, tools=tools)
+
+    def chat_tokens(self, messages: Sequence[dict[str, Any]], *, tools: Sequence[dict[str, Any]] | None = None
+                    ) -> list[int]:
+        """The exact tokens the model reads for `messages` (and `tools`), ending where its reply begins."""
+        return self.tokenize(self.render_chat(messages, tools=tools))
 
     def count_chat_tokens(self, messages: Sequence[dict[str, str]]) -> int:
         return len(self.chat_tokens(messages))
@@ -187,11 +194,16 @@ class LlamaChatModel:
         sampling: Sampling,
         stop: threading.Event | None = None,
         stats: ReplyStats | None = None,
+        *,
+        special: bool = False,
     ) -> Iterator[str]:
         """Stream the text that follows `prompt`, reusing the cached tokens it starts with.
 
         Setting `stop` ends the reply within one token, or aborts reading a long prompt. The
-        tokens read and generated stay cached, so the next prompt continues from them.
+        tokens read and generated stay cached, so the next prompt continues from them. Control
+        tokens are left out of the text, unless `special`: then all but end-of-generation (which
+        ends the reply) are written as their text, e.g. the `[TOOL_CALLS]` or `<|python_tag|>` that
+        starts a tool call, which a reader of the reply must see.
         """
         stats = stats if stats is not None else ReplyStats()
         if len(prompt) >= self.context_size:
@@ -219,7 +231,7 @@ class LlamaChatModel:
                     stats.finish_reason = "stop"
                     break
                 stats.completion_tokens += 1
-                text = decoder.decode(self._token_bytes(token))
+                text = decoder.decode(self._token_bytes(token, special))
                 if text:
                     yield text
                 one[0] = token
@@ -266,11 +278,11 @@ class LlamaChatModel:
     def _should_abort(self, _data: ctypes.c_void_p) -> bool:
         return self._stop_prefill is not None and self._stop_prefill.is_set()
 
-    def _token_bytes(self, token: int) -> bytes:
-        n = llama_cpp.llama_token_to_piece(self._vocab, token, self._piece, len(self._piece), 0, False)
+    def _token_bytes(self, token: int, special: bool = False) -> bytes:
+        n = llama_cpp.llama_token_to_piece(self._vocab, token, self._piece, len(self._piece), 0, special)
         if n < 0:  # the piece is longer than the buffer
             self._piece = ctypes.create_string_buffer(-n)
-            n = llama_cpp.llama_token_to_piece(self._vocab, token, self._piece, len(self._piece), 0, False)
+            n = llama_cpp.llama_token_to_piece(self._vocab, token, self._piece, len(self._piece), 0, special)
         return self._piece.raw[:n]
 
     def _forget_from(self, position: int) -> None:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
+from typing import Any
 
 import jinja2
 
@@ -48,30 +49,34 @@ class ChatTemplate:
         except Exception as exc:  # syntax errors, and anything else compiling a stranger's template raises
             raise self._invalid("compile", str(exc)) from exc
 
-    def render(self, messages: Sequence[dict[str, str]], *, add_generation_prompt: bool = False) -> str:
+    def render(self, messages: Sequence[dict[str, Any]], *, add_generation_prompt: bool = False,
+               tools: Sequence[dict[str, Any]] | None = None) -> str:
         """The text of `messages`; with `add_generation_prompt`, followed by the start of an assistant reply.
 
-        A template that refuses a system message gets it folded into the first user message. Both
-        tries together finish within `RENDER_SECONDS`.
+        `tools` are the functions the model may call (OpenAI's `tools`), which the template writes
+        into the prompt its own way. A template that refuses a system message gets it folded into
+        the first user message. Both tries together finish within `RENDER_SECONDS`.
         """
         deadline = time.monotonic() + RENDER_SECONDS
         try:
-            return self._render(messages, add_generation_prompt, deadline)
+            return self._render(messages, add_generation_prompt, tools, deadline)
         except ChatTemplateInvalid as exc:
             refused = isinstance(exc.__cause__, RenderFailed) and exc.__cause__.kind == "failed"
             if not refused or len(messages) < 2 or messages[0]["role"] != "system":
                 raise
-            first = {"role": messages[1]["role"], "content": f"{messages[0]['content']}\n\n{messages[1]['content']}"}
-            return self._render([first, *messages[2:]], add_generation_prompt, deadline)
+            first = {**messages[1], "content": f"{messages[0]['content']}\n\n{messages[1]['content']}"}
+            return self._render([first, *messages[2:]], add_generation_prompt, tools, deadline)
 
-    def _render(self, messages: Sequence[dict[str, str]], add_generation_prompt: bool, deadline: float) -> str:
+    def _render(self, messages: Sequence[dict[str, Any]], add_generation_prompt: bool,
+                tools: Sequence[dict[str, Any]] | None, deadline: float) -> str:
         plain = [dict(m) for m in messages]
+        offered = [dict(t) for t in tools] if tools else None
         if self._process is not None:
-            return self._call(("render", self.source, plain, add_generation_prompt, *self._tokens), deadline)
+            return self._call(("render", self.source, plain, add_generation_prompt, *self._tokens, offered), deadline)
         assert self._local is not None
         try:
             return template_sandbox.render(self._local, plain, add_generation_prompt=add_generation_prompt,
-                                           bos_token=self._tokens[0], eos_token=self._tokens[1])
+                                           bos_token=self._tokens[0], eos_token=self._tokens[1], tools=offered)
         except template_sandbox.TemplateTooCostly as exc:
             raise self._invalid("limit", str(exc)) from RenderFailed("limit", str(exc))
         except jinja2.exceptions.SecurityError as exc:

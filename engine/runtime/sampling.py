@@ -25,6 +25,10 @@ class Sampling:
     max_tokens: int = 1024
     seed: int = -1
     grammar: str = ""  # GBNF the reply must follow (e.g. from `json_grammar`); empty for free text
+    # OpenAI's penalties, over the whole reply so far: each token already written loses `presence_penalty`
+    # from its logit once, and `frequency_penalty` for every time it was written.
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
 
 
 def json_grammar(schema: dict[str, Any]) -> str:
@@ -48,6 +52,10 @@ def sampler_chain(sampling: Sampling, n_vocab: int, vocab: Any) -> Any:
 
     if sampling.repeat_penalty != 1.0:
         add(llama_cpp.llama_sampler_init_penalties(n_vocab, _PENALTY_LAST_N, sampling.repeat_penalty, 0.0, 0.0))
+    if sampling.presence_penalty or sampling.frequency_penalty:
+        # A window as long as the reply can be, so they count every token written, as OpenAI's do.
+        add(llama_cpp.llama_sampler_init_penalties(n_vocab, max(sampling.max_tokens, 1), 1.0,
+                                                   sampling.frequency_penalty, sampling.presence_penalty))
     if sampling.temperature <= 0.0:
         add(llama_cpp.llama_sampler_init_greedy())
         return chain

@@ -316,13 +316,18 @@ def compile_template(source: str) -> jinja2.Template:
     return environment().from_string(source)
 
 
-def render(template: jinja2.Template, messages: Sequence[dict[str, str]], *, add_generation_prompt: bool,
-           bos_token: str = "", eos_token: str = "") -> str:
-    """The text `template` makes of `messages`, built piece by piece and refused once longer than MAX_TEXT."""
+def render(template: jinja2.Template, messages: Sequence[dict[str, Any]], *, add_generation_prompt: bool,
+           bos_token: str = "", eos_token: str = "", tools: Sequence[dict[str, Any]] | None = None) -> str:
+    """The text `template` makes of `messages`, built piece by piece and refused once longer than MAX_TEXT.
+
+    `tools` (OpenAI's tool list) is the `tools` variable Hugging Face templates read; without any it
+    stays undefined, as templates expect when a chat has no tools (some loop over it unguarded).
+    """
+    offered = {"tools": list(tools)} if tools else {}
     pieces = template.generate(
         messages=list(messages), add_generation_prompt=add_generation_prompt, bos_token=bos_token,
         eos_token=eos_token, raise_exception=_raise_exception, range=_counted_range(),
-        strftime_now=_strftime_now)
+        strftime_now=_strftime_now, **offered)
     length, kept = 0, []
     for piece in pieces:
         length += len(piece)

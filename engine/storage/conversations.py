@@ -221,7 +221,7 @@ class SqliteConversationStore:
                          "(SELECT id FROM messages WHERE conversation_id = ?)", (conversation_id,))
             conn.execute("DELETE FROM messages WHERE conversation_id = ?", (conversation_id,))
             conn.execute("DELETE FROM conversations WHERE id = ?", (conversation_id,))
-        erase_deleted(self.database, "messages_fts")
+        erase_deleted(self.database)
 
     def close_temporary(self, conversation_id: str) -> None:
         """A temporary chat leaves nothing behind once closed."""

@@ -59,21 +59,49 @@ class Database:
         self._lock = lock
         self.caches: dict[str, object] = {}  # in-memory state derived from this connection's data
         self.log_not_emptied = False  # a checkpoint was refused: deleted text may still be in the -wal file
+        self._writing = 0  # how many `write()` blocks are open, one inside the other
 
     @contextmanager
     def write(self) -> Iterator[Any]:
         """One transaction: committed when the block ends, rolled back on an error (a failed COMMIT
-        included), and the error that failed it is the one raised."""
+        included), and the error that failed it is the one raised.
+
+        Inside another `write()` it is part of that transaction (a savepoint: an error rolls back
+        its own writes), so code that saves through its own `write()` can be made one with more."""
+        if self._writing:
+            with self._savepoint():
+                yield self.conn
+            return
         try:
             self.conn.execute("BEGIN IMMEDIATE")
+            self._writing = 1
             try:
                 yield self.conn
                 self.conn.execute("COMMIT")
             except BaseException:
                 self._roll_back()
                 raise
+            finally:
+                self._writing = 0
         except sqlean.OperationalError as exc:
             raise _write_error(self.path, exc) from exc
+
+    @contextmanager
+    def _savepoint(self) -> Iterator[None]:
+        name = f"write_{self._writing}"
+        self._writing += 1
+        try:
+            self.conn.execute(f"SAVEPOINT {name}")
+            try:
+                yield
+            except BaseException:
+                if self.conn.in_transaction:
+                    self.conn.execute(f"ROLLBACK TO {name}")
+                    self.conn.execute(f"RELEASE {name}")
+                raise
+            self.conn.execute(f"RELEASE {name}")
+        finally:
+            self._writing -= 1
 
     def _roll_back(self) -> None:
         """End the failed transaction, if SQLite has not ended it already (it does on some errors:
@@ -158,10 +186,11 @@ def make_private_files(path: Path) -> None:
                 make_private_file(backup)
 
 
-def connect(path: Path, *, journal_mode: str = "WAL") -> Any:
+def connect(path: Path, *, journal_mode: str = "WAL", timeout: float = 5.0) -> Any:
     """A connection as Cleo needs it: sqlite-vec loaded, foreign keys and secure delete on.
-    Backups are single files: they are opened with `journal_mode` "DELETE"."""
-    conn = sqlean.connect(str(path), isolation_level=None, check_same_thread=True, timeout=5.0)
+    Backups are single files: they are opened with `journal_mode` "DELETE". `timeout`: how long
+    a statement waits for another connection's lock before it fails as busy."""
+    conn = sqlean.connect(str(path), isolation_level=None, check_same_thread=True, timeout=timeout)
     try:
         conn.enable_load_extension(True)
         sqlite_vec.load(conn)

@@ -53,6 +53,11 @@ CREATE TRIGGER {table}_fts_update AFTER UPDATE OF content ON {table} BEGIN
   INSERT INTO {table}_fts(rowid, content) VALUES (new.rowid, new.content);
 END;
 """
+_NOTE_DELETED = """
+CREATE TRIGGER {table}_deleted_for_backups AFTER DELETE ON {table} BEGIN
+  INSERT OR IGNORE INTO deleted_for_backups VALUES ('{table}', old.id);
+END;
+"""
 _FTS_TOKENIZER = "porter unicode61 remove_diacritics 2"
 
 # Applied in order, each once; never edit one that has shipped, add a new one.
@@ -178,6 +183,23 @@ CREATE TABLE reply_recalls (
     # is saved, so one that crashes Cleo each time must not be tried at every start for ever.
     Migration("0006-learning-attempts", """
 ALTER TABLE learning_queue ADD COLUMN attempts INTEGER NOT NULL DEFAULT 0;
+"""),
+    # Forgetting at the cost of what is forgotten, not of the whole profile (`engine.storage.forgetting`):
+    # the search indexes take a deleted row's words out as it is deleted ('secure-delete', SQLite
+    # 3.42 and later) instead of merging every segment after each delete, once 'optimize' has
+    # dropped what earlier deletes left; and the ids of deleted rows wait in `deleted_for_backups`
+    # until the backups have lost them too, so a backup is cleaned by those ids, not compared whole.
+    Migration("0007-forgetting-in-place", f"""
+INSERT INTO messages_fts(messages_fts, rank) VALUES ('secure-delete', 1);
+INSERT INTO memories_fts(memories_fts, rank) VALUES ('secure-delete', 1);
+INSERT INTO messages_fts(messages_fts) VALUES ('optimize');
+INSERT INTO memories_fts(memories_fts) VALUES ('optimize');
+CREATE TABLE deleted_for_backups (
+  kind TEXT NOT NULL,  -- the table: conversations, messages, summaries or memories
+  id NOT NULL,
+  PRIMARY KEY (kind, id)
+) WITHOUT ROWID;
+{"".join(_NOTE_DELETED.format(table=table) for table in ("conversations", "messages", "summaries", "memories"))}
 """),
 ]
 

@@ -29,6 +29,7 @@ from engine.transfer.importing import (
     clean_text,
     field_value,
     is_identifier,
+    message_text,
     optional_timestamp,
     parents_first,
     save,
@@ -151,6 +152,7 @@ def _chatgpt_node_message(key: str, message: dict[str, Any], place: Place) -> _C
     created_at = optional_timestamp(message, "create_time", place)
     if role not in ("user", "assistant") or not said.strip() or metadata.get("is_visually_hidden_from_conversation"):
         return None
+    said = message_text(said, place)
     finish = metadata.get("finish_details")
     finish_type = finish.get("type") if isinstance(finish, dict) else None
     model = metadata.get("model_slug")

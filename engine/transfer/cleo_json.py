@@ -30,6 +30,7 @@ from engine.transfer.importing import (
     field_value,
     identifier,
     kind_of,
+    message_text,
     parents_first,
     save,
     shown,
@@ -146,7 +147,7 @@ def _message_record(value: Any, place: Place) -> MessageRecord:
     created_at = timestamp(record, "created_at", place)
     return MessageRecord(
         key=message_id, id=message_id, parent_key=identifier(record, "parent_id", place), role=role,
-        content=text(record, "content", place, required=True), created_at=created_at,
+        content=message_text(text(record, "content", place, required=True), place), created_at=created_at,
         updated_at=timestamp(record, "updated_at", place, default=created_at),
         source_id=identifier(record, "source_id", place),
         model=text(record, "model", place, default=""),

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Any, cast
 
 from engine.errors import KnownError
@@ -33,6 +33,10 @@ LATEST_TIME = 32_503_680_000.0
 ID_PATTERN = re.compile(r"[A-Za-z0-9_-]{1,64}")
 ID_RULE = "an id (1 to 64 letters, digits, '-' or '_')"
 LARGEST_COUNT = 2**31 - 1  # token counts; SQLite stores up to 2**63 - 1 and Python's ints have no end
+# The most text one imported message keeps: about 250k tokens, more than any model here reads at
+# once. What a message costs to save grows with its text (the search index holds each of its
+# words in memory until the row is written), so this, not the file's size, bounds an import.
+MAX_MESSAGE_CHARS = 1_000_000
 _SHOWN_LENGTH = 60
 
 
@@ -49,6 +53,9 @@ class ImportReport:
     conversations_skipped: int = 0  # imported before, nothing new
     conversations_empty: int = 0  # nothing Cleo can show: only hidden, system or non-text messages
     messages_added: int = 0
+    # Where each message longer than `MAX_MESSAGE_CHARS` is ("conversation 3 ('Logs'), message 'ab1'"):
+    # its text was cut to that length, with a note at the cut.
+    messages_cut: list[str] = field(default_factory=list)
 
     def summary(self) -> str:
         parts = [f"{self.conversations_added} conversation(s) added", f"{self.messages_added} message(s) added"]
@@ -58,6 +65,10 @@ class ImportReport:
             parts.append(f"{self.conversations_skipped} already imported")
         if self.conversations_empty:
             parts.append(f"{self.conversations_empty} with nothing to import")
+        if self.messages_cut:
+            where = "; ".join(self.messages_cut[:3]) + ("; …" if len(self.messages_cut) > 3 else "")
+            parts.append(f"{len(self.messages_cut)} message(s) longer than {MAX_MESSAGE_CHARS:,} characters "
+                         f"cut to that length ({where})")
         return ", ".join(parts)
 
 
@@ -68,6 +79,8 @@ class Place:
     file: str
     hint: str
     record: str = ""
+    # Messages cut to `MAX_MESSAGE_CHARS` so far, shared by every Place of one file (`message_text`).
+    cut: list[str] = field(default_factory=list, compare=False)
 
     def inner(self, record: str) -> Place:
         return replace(self, record=f"{self.record}, {record}" if self.record else record)
@@ -108,7 +121,7 @@ def save(database: Database, conversations: Iterable[ConversationRecord], place:
     except MessageIdTaken as taken:
         raise place.inner(f"message {shown(taken.key)}").error(
             f"Cleo already has a message with this id in another conversation ({shown(taken.owner)})") from None
-    report = ImportReport()
+    report = ImportReport(messages_cut=list(place.cut))
     for outcome, added in outcomes:
         report.messages_added += added
         if outcome == "added":
@@ -187,6 +200,19 @@ def text(record: dict[str, Any], name: str, place: Place, *, default: str | None
     """`record[name]` as text Cleo can store (see `clean_text`)."""
     value = field_value(record, name, (str,), place, default=default, required=required)
     return clean_text(value) if isinstance(value, str) else value
+
+
+def message_text(value: str, place: Place) -> str:
+    """A message's text as Cleo keeps it: cut to `MAX_MESSAGE_CHARS`, with a note at the cut, and
+    `place` noted for the import's report.
+
+    Cut rather than refused: imports are all or nothing, and one pasted log in years of chats
+    should not keep the rest out; the note says in the chat itself what happened."""
+    if len(value) <= MAX_MESSAGE_CHARS:
+        return value
+    place.cut.append(place.record or place.file)
+    return (f"{value[:MAX_MESSAGE_CHARS]}\n\n[… cut by Cleo's import: this message had {len(value):,} "
+            f"characters, Cleo keeps {MAX_MESSAGE_CHARS:,}]")
 
 
 def clean_text(value: str) -> str:

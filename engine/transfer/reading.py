@@ -10,6 +10,7 @@ where reading it whole took 8.7 GB.
 
 from __future__ import annotations
 
+import os
 import stat
 import struct
 import sys
@@ -28,13 +29,16 @@ _MB = 1024 * 1024
 # A whole file: bounds the time an import takes and what it writes, not its memory.
 MAX_FILE_BYTES = 4 * 1024 * _MB
 # One record (a conversation) as Python objects, estimated as it is built: real ones are far smaller.
-MAX_RECORD_BYTES = 96 * _MB
+# It is held with the messages made from it while they are saved: this bounds an import's memory.
+MAX_RECORD_BYTES = 32 * _MB
 # The bytes between two values: one string that long, or that much space, is not a chat.
 MAX_VALUE_BYTES = 16 * _MB
 MAX_DEPTH = 100  # ChatGPT's records nest about 8 deep; ijson's memory grows with the square of depth
 # A .zip's central directory is read whole, and each entry costs about ten times its bytes.
 MAX_ZIP_DIRECTORY_BYTES = 8 * _MB
 _CHUNK = 64 * 1024
+_BOUNDED_COMPRESSIONS = (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED)
+_COMPRESSION_NAMES = {zipfile.ZIP_BZIP2: "bzip2", zipfile.ZIP_LZMA: "LZMA", 9: "Deflate64"}
 # By name, not ijson's first available: the pure-Python fallback would be many times slower, and
 # a bundle that lacks the C parser should fail its smoke test, not import slowly.
 _PARSER = ijson.get_backend("yajl2_c")
@@ -52,8 +56,6 @@ def open_records(path: Path, place: Place, member: Callable[[zipfile.ZipFile], s
             stream = _open_stream(stack, path, place, member)
         except KeyError as missing:
             raise place.error(f"it is a .zip without a {missing.args[0]}") from None
-        except FileNotFoundError:
-            raise ImportFileInvalid(f"There is no file {path}.", hint="Check the name and folder.") from None
         except (OSError, EOFError, zipfile.BadZipFile, zlib.error, NotImplementedError) as exc:
             raise ImportFileInvalid(f"Cleo cannot read {path} ({exc}).",
                                     hint="Check that the file is readable and complete.") from exc
@@ -62,13 +64,11 @@ def open_records(path: Path, place: Place, member: Callable[[zipfile.ZipFile], s
 
 def _open_stream(stack: ExitStack, path: Path, place: Place,
                  member: Callable[[zipfile.ZipFile], str] | None) -> IO[bytes]:
-    file = stack.enter_context(path.open("rb"))
-    status = path.stat()
-    if not stat.S_ISREG(status.st_mode):  # a FIFO would hang, a device never end
-        raise ImportFileInvalid(f"{path} is not a file.", hint="Choose the .json (or .zip) file to import.")
+    file = stack.enter_context(open_regular_file(path))
+    size = os.fstat(file.fileno()).st_size
     if member is None or not zipfile.is_zipfile(file):
         file.seek(0)
-        _check_size(status.st_size, place, "it")
+        _check_size(size, place, "it")
         return file
     directory = _zip_directory_size(file)
     if directory > MAX_ZIP_DIRECTORY_BYTES:
@@ -79,8 +79,43 @@ def _open_stream(stack: ExitStack, path: Path, place: Place,
         raise ImportFileInvalid(f"Cleo cannot import {path}: {shown(info.filename)} in it is encrypted. "
                                 f"Nothing from {path} was saved.",
                                 hint="Unpack the .zip with its password, then import the .json file itself.")
+    if info.compress_type not in _BOUNDED_COMPRESSIONS:
+        # zipfile bounds what one read unpacks only for deflate: a bzip2 or LZMA member of a few
+        # hundred bytes would unpack to gigabytes in one read, whatever the caps below say.
+        raise ImportFileInvalid(f"Cleo cannot import {path}: {shown(info.filename)} in it is packed with "
+                                f"{_COMPRESSION_NAMES.get(info.compress_type, f'method {info.compress_type}')}, "
+                                f"which Cleo does not unpack. Nothing from {path} was saved.",
+                                hint=f"Unpack the .zip, then import {shown(info.filename)} itself.")
     _check_size(info.file_size, place, shown(info.filename))  # the .zip's word; counted again while reading
     return stack.enter_context(archive.open(info))
+
+
+def open_regular_file(path: Path) -> IO[bytes]:
+    """`path` opened for reading if it is a regular file, or `ImportFileInvalid`: reading a FIFO
+    waits for a writer for ever, and a device may never end.
+
+    Opened without blocking (a FIFO put in the file's place after the check would otherwise wait
+    in `open` itself), and checked again on the descriptor, which is what is read."""
+    try:
+        if not stat.S_ISREG(os.stat(path).st_mode):
+            raise _not_a_file(path)
+        descriptor = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_BINARY", 0))
+    except (FileNotFoundError, NotADirectoryError):
+        raise ImportFileInvalid(f"There is no file {path}.", hint="Check the name and folder.") from None
+    try:
+        if not stat.S_ISREG(os.fstat(descriptor).st_mode):
+            raise _not_a_file(path)
+        if hasattr(os, "O_NONBLOCK"):
+            os.set_blocking(descriptor, True)  # a regular file never blocks; reads are plain again
+        return os.fdopen(descriptor, "rb")
+    except BaseException:
+        os.close(descriptor)
+        raise
+
+
+def _not_a_file(path: Path) -> ImportFileInvalid:
+    return ImportFileInvalid(f"Cleo cannot import {path}: it is not a file (a folder, a pipe or a device). "
+                             f"Nothing from {path} was saved.", hint="Choose the .json (or .zip) file to import.")
 
 
 def _check_size(size: int, place: Place, what: str) -> None:

@@ -140,6 +140,20 @@ def test_only_settings_that_size_the_model_load_it_again(open_one: Callable[...,
     assert bigger.settings is not None and bigger.settings.context_size == 8192
 
 
+def test_while_another_frontend_is_answered_settings_change_but_the_model_is_not_reloaded(
+        open_one: Callable[..., Session]) -> None:
+    loader = Loader()
+    session = open_one(loader=loader)
+    writing = session.send("", "Hello", frontend="api")
+    cooler = session.apply_settings(session.settings.updated(temperature=0.2, api_enabled=True))
+    assert cooler.settings is not None and cooler.settings.api_enabled and session.assistant.settings.temperature == 0.2
+    with pytest.raises(Busy, match="still writing"):
+        session.apply_settings(session.settings.updated(context_size=8192))
+    assert len(loader.loaded) == 1 and session.settings.context_size != 8192
+    list(session.run(writing))
+    assert session.apply_settings(session.settings.updated(context_size=8192)).model is not None
+
+
 def test_a_chat_with_its_own_model_loads_it_for_its_turns_and_the_others_keep_theirs(
         open_one: Callable[..., Session], models: tuple[Path, Path]) -> None:
     loader = Loader()

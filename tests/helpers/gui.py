@@ -7,11 +7,12 @@ rest are plain helpers. Windows run offscreen on the real engine and the default
 from __future__ import annotations
 
 import shutil
+import socket
 import sqlite3
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -22,6 +23,7 @@ from pytestqt.qtbot import QtBot
 
 from app.main_window import MainWindow
 from app.memory_panel import MemoryPanel
+from app.settings_dialog import SettingsDialog
 from app.worker import EngineWorker
 from engine import Settings, folders
 
@@ -143,3 +145,25 @@ class ReaderWatch:
         self._writer.kill()
         self._writer.wait()
         return self._seen.exists()
+
+
+def free_port() -> int:
+    """A port of 127.0.0.1 nothing listens on (the OS picks it; it stays free for the moment a test needs)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def in_settings(window: MainWindow, monkeypatch: pytest.MonkeyPatch, use: Callable[[SettingsDialog], bool]) -> None:
+    """Open Settings from the window as the user does; `use(dialog)` works in it and says whether to press OK."""
+    def run(dialog: SettingsDialog) -> int:
+        if use(dialog):
+            dialog.buttons.button(dialog.buttons.StandardButton.Ok).click()
+        else:
+            dialog.reject()
+        return dialog.result()
+
+    with monkeypatch.context() as patch:
+        patch.setattr(SettingsDialog, "exec", run)
+        window.open_settings()
+    assert window.settings_dialog is None  # the window forgets the dialog once it is closed

@@ -17,8 +17,11 @@ class DefaultModels:
     dense_base: Path
 
     def copy_home_to(self, home: Path) -> None:
-        """Give `home` its own copy of everything setup produced (safe to damage)."""
-        shutil.copytree(self.home, home, dirs_exist_ok=True)
+        """Give `home` its own copy of everything setup produced (safe to damage), without a profile:
+        tests that run Cleo in the shared home leave chats there, which recall would bring into
+        another test's prompts."""
+        shutil.copytree(self.home, home, dirs_exist_ok=True,
+                        ignore=shutil.ignore_patterns("cleo.db*", "backups", "*.lock"))
 
 
 def write_tiny_gguf(path: Path, arch: str = "llama", tensors: bool = True, chat_template: str = "") -> Path:

@@ -7,6 +7,7 @@ real one (the default MoE on llama.cpp).
 
 from __future__ import annotations
 
+import json
 import threading
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
@@ -21,13 +22,16 @@ class ScriptedChatModel:
     """Replies with the scripted texts in order (then `fallback`), one word per token.
 
     `release`, when given, must be set before each token: a test holds a reply half-written with it.
-    `prompts` records every prompt as text, so a test can check what the model was asked.
+    `prompts` records every prompt as text, so a test can check what the model was asked (tools
+    offered appear as `<tools> name ...`, calls made as `<call> name arguments`). `chat_template` is
+    the template source it says it has, which decides whether it takes tools (none by default).
     """
 
     def __init__(self, replies: Iterable[str] = (), *, path: Path = Path("scripted.gguf"), fallback: str = "Noted.",
-                 context_size: int = 4096, json_answers: Iterable[Any] = (), release: threading.Event | None = None
-                 ) -> None:
+                 context_size: int = 4096, json_answers: Iterable[Any] = (), release: threading.Event | None = None,
+                 chat_template: str = "") -> None:
         self.path = path
+        self.chat_template = chat_template
         self.device = "CPU"
         self.notices: list[str] = []
         self.replies = list(replies)
@@ -35,6 +39,7 @@ class ScriptedChatModel:
         self.json_answers = list(json_answers)
         self.release = release
         self.prompts: list[str] = []
+        self.asked_for_control_tokens: list[bool] = []  # `special` of each stream, in order
         self.closed = False
         self._context_size = context_size
         self._words: dict[str, int] = {}
@@ -59,12 +64,19 @@ class ScriptedChatModel:
         names = {number: word for word, number in self._words.items()}
         return " ".join(names[token] for token in tokens)
 
-    def chat_tokens(self, messages: Sequence[dict[str, str]]) -> list[int]:
-        return self.tokenize("".join(f" <{m['role']}> {m['content']}" for m in messages) + " <assistant>")
+    def chat_tokens(self, messages: Sequence[dict[str, Any]], *, tools: Sequence[dict[str, Any]] | None = None
+                    ) -> list[int]:
+        text = " <tools> " + " ".join(t["function"]["name"] for t in tools) if tools else ""
+        for m in messages:
+            text += f" <{m['role']}> {m.get('content') or ''}"
+            for call in m.get("tool_calls", ()):
+                text += f" <call> {call['function']['name']} {json.dumps(call['function']['arguments'])}"
+        return self.tokenize(text + " <assistant>")
 
     def stream(self, prompt: Sequence[int], sampling: Sampling, stop: threading.Event | None = None,
-               stats: ReplyStats | None = None) -> Iterator[str]:
+               stats: ReplyStats | None = None, *, special: bool = False) -> Iterator[str]:
         stats = stats if stats is not None else ReplyStats()
+        self.asked_for_control_tokens.append(special)
         self.prompts.append(self.detokenize(prompt))
         stats.prompt_tokens, stats.cached_tokens = len(prompt), common_prefix(self._cached, prompt)
         self._cached = list(prompt)

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from engine.errors import DownloadFailed
+from engine.errors import DownloadFailed, FolderNotWritable
 from engine.models.downloads import CatalogEntry, CatalogInvalid, DownloadCancelled, check_url, download, read_catalog
 from tests.helpers.downloads import PAYLOAD, FileServer, catalog_entry
 
@@ -209,3 +209,39 @@ def test_an_unpacked_model_is_on_disk_before_it_gets_its_name(tmp_path: Path, mo
     [named] = [inode for what, inode in events if what == "named"]
     assert named == path.stat().st_ino
     assert ("synced", named) in events[:events.index(("named", named))]
+
+
+def test_cancel_ends_the_check_of_a_large_part_at_once(tmp_path: Path) -> None:
+    """A `.part` left by an earlier try is hashed before the download resumes: at several GB that
+    took many seconds, in which Cancel did nothing."""
+    size = 8 << 30
+    part = tmp_path / "big.gguf.part"
+    with part.open("wb") as f:
+        f.truncate(size // 2)  # sparse: 4 GiB to hash, no disk used
+    entry = CatalogEntry(name="Big", file_name="big.gguf", url="https://models.example.invalid/big.gguf", size=size,
+                         sha256="0" * 64, licence="MIT")
+    cancelled = threading.Event()
+    pressed: list[float] = []
+
+    def press_cancel() -> None:
+        time.sleep(0.3)  # the check is under way by now
+        pressed.append(time.perf_counter())
+        cancelled.set()
+
+    threading.Thread(target=press_cancel, daemon=True).start()
+    with pytest.raises(DownloadCancelled, match="Download of Big cancelled"):
+        download(entry, tmp_path, cancelled=cancelled)
+    took = time.perf_counter() - pressed[0]
+    assert took < 1.0, f"Cancel took {took:.2f} s"  # the aim is 0.2 s; the margin is for slow CI machines
+    assert part.stat().st_size == size // 2  # kept for the next try
+
+
+def test_a_models_folder_that_cannot_be_made_is_said_in_words(tmp_path: Path) -> None:
+    blocker = tmp_path / "not-a-folder"
+    blocker.write_text("a file where the models folder's parent should be")
+    folder = blocker / "models"
+
+    with pytest.raises(FolderNotWritable) as refused:
+        download(catalog_entry("https://models.example.invalid/model.gguf"), folder)
+
+    assert f"Cleo cannot write to the folder {folder}" in refused.value.message

@@ -1,5 +1,6 @@
 """The GGUF header reader on hostile files: bounded by what a header would cost, not by its bytes
-alone (sparse files are huge and free), regular files only, and fuzzed from a real small GGUF."""
+alone (sparse files are huge and free), regular files only, and fuzzed from a real small GGUF; the
+same limits and answers for a header read from the Hub before a download."""
 
 from __future__ import annotations
 
@@ -23,7 +24,9 @@ from hypothesis import strategies as st
 from engine.errors import KnownError, ModelFileInvalid
 from engine.models.catalog import ModelCatalog, ModelInfo, Unusable, read_model_info
 from engine.models.gguf_header import MAX_ITEMS, MAX_KEYS, MAX_TENSORS, GGUFHeader, read_header
+from engine.models.remote_header import FIRST_READ, read_remote_header
 from tests.helpers.bad_models import SPARSE_FILES
+from tests.helpers.fake_hub import FakeHub
 from tests.helpers.models import write_tiny_gguf
 
 sparse_only = pytest.mark.skipif(not SPARSE_FILES, reason="NTFS would write the giant file out in full")
@@ -97,6 +100,42 @@ def test_a_gigabyte_string_is_refused_without_reading_it(tmp_path: Path) -> None
     _refused_quickly(path, "general.name is 1073741824 bytes long; Cleo reads at most")
 
 
+@pytest.fixture(scope="module")
+def hub() -> Iterator[FakeHub]:
+    fake = FakeHub()
+    yield fake
+    fake.close()
+
+
+@pytest.mark.parametrize(("start", "size", "words"), [  # size: what the Hub announces after `start`
+    (_header(0, 1, _string(b"flags") + struct.pack("<IIQ", 9, 7, 10**9)), 10**9 + 64,
+     f"claims 1000000000 items; Cleo reads at most {MAX_ITEMS}"),
+    (_header(0, 1, _string(b"tokenizer.ggml.tokens") + struct.pack("<IIQ", 9, 8, 10**8)), 8 * 10**8 + 64,
+     f"claims 100000000 items; Cleo reads at most {MAX_ITEMS}"),
+    (_header(10**8, 0), 40 * 10**8, f"100000000 tensors; Cleo reads at most {MAX_KEYS} entries and {MAX_TENSORS}"),
+    (_header(0, 10**8), 20 * 10**8, f"claims 100000000 metadata entries and 0 tensors; Cleo reads at most {MAX_KEYS}"),
+    (_header(0, 1, _string(b"general.name") + struct.pack("<IQ", 8, 2**30)), 2**30 + 64,
+     "general.name is 1073741824 bytes long; Cleo reads at most"),
+], ids=["a billion bools", "a hundred million strings", "a hundred million tensors", "a hundred million keys",
+        "a gigabyte string"])
+def test_the_same_limits_hold_for_a_header_read_from_the_hub(hub: FakeHub, start: bytes, size: int, words: str) -> None:
+    # The Hub announces a huge file; its host holds the first megabyte, all the reader may ask for.
+    url = hub.serve_file(start + bytes(FIRST_READ - len(start)), "huge.gguf")
+    asked = len(hub.ranges)
+    tracemalloc.start()
+    began = time.perf_counter()
+    try:
+        with pytest.raises(ModelFileInvalid) as refused:
+            read_remote_header(url, len(start) + size, "someone/Huge-GGUF/huge.gguf")
+        took = time.perf_counter() - began
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert "someone/Huge-GGUF/huge.gguf" in refused.value.message and words in refused.value.message
+    assert len(hub.ranges) - asked == 1  # one range of the first megabyte, nothing more
+    assert took < 1.0 and peak < 16 * 2**20, (took, peak)
+
+
 def test_nested_arrays_and_repeated_keys_or_tensors_are_refused(tmp_path: Path) -> None:
     nested = tmp_path / "nested.gguf"
     nested.write_bytes(_header(0, 1, _string(b"deep") + struct.pack("<IIQ", 9, 9, 3) + bytes(256)))
@@ -163,7 +202,7 @@ def tiny(tmp_path_factory: pytest.TempPathFactory) -> tuple[bytes, Path]:
     return write_tiny_gguf(folder / "tiny.gguf", chat_template="{{ messages }}").read_bytes(), folder / "mutant.gguf"
 
 
-def _always_a_result_or_a_clear_refusal(path: Path, content: bytes) -> None:
+def _always_a_result_or_a_clear_refusal(path: Path, content: bytes, hub: FakeHub) -> None:
     path.write_bytes(content)
     readers: list[Callable[[], object]] = [lambda: read_header(path), lambda: read_header(path, skip_long_arrays=False)]
     for read in readers:
@@ -175,6 +214,17 @@ def _always_a_result_or_a_clear_refusal(path: Path, content: bytes) -> None:
         assert isinstance(read_model_info(path), ModelInfo)
     except KnownError as exc:
         assert str(path) in exc.message
+    # The same bytes on the Hub, fetched in small growing ranges: the same reader, so the same answer.
+    url = hub.serve_file(content, path.name)
+    assert _outcome(lambda: read_remote_header(url, len(content), str(path), first_read=256)[0]) == \
+        _outcome(lambda: read_header(path))
+
+
+def _outcome(read: Callable[[], GGUFHeader]) -> GGUFHeader | str:
+    try:
+        return read()
+    except ModelFileInvalid as exc:
+        return exc.message
 
 
 _BIG = st.sampled_from([0, 1, 2**8, 2**16, 2**31, 2**32 - 1, 2**32, 2**62, 2**63, 2**64 - 1, 10**9, 10**8, 64, 65])
@@ -183,7 +233,8 @@ _BIG = st.sampled_from([0, 1, 2**8, 2**16, 2**31, 2**32 - 1, 2**32, 2**62, 2**63
 # A deadline per example: a loop or a huge allocation on some input fails the test instead of hanging it.
 @settings(max_examples=300, deadline=2000, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(data=st.data())
-def test_fuzzed_headers_give_a_header_or_a_clear_refusal(tiny: tuple[bytes, Path], data: st.DataObject) -> None:
+def test_fuzzed_headers_give_a_header_or_a_clear_refusal(tiny: tuple[bytes, Path], hub: FakeHub,
+                                                         data: st.DataObject) -> None:
     good, path = tiny
     header_end = good.index(b"output_norm.weight") + 64  # mutations aim at the header, not the weights
     kind = data.draw(st.sampled_from(["truncated", "bytes", "number", "random tail"]))
@@ -199,4 +250,4 @@ def test_fuzzed_headers_give_a_header_or_a_clear_refusal(tiny: tuple[bytes, Path
         struct.pack_into(width, content, at, data.draw(_BIG) % limit)
     else:
         content = content[:data.draw(st.integers(0, 64))] + bytearray(data.draw(st.binary(max_size=2048)))
-    _always_a_result_or_a_clear_refusal(path, bytes(content))
+    _always_a_result_or_a_clear_refusal(path, bytes(content), hub)

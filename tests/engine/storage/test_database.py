@@ -224,3 +224,20 @@ def test_a_checkpoint_kept_busy_by_a_reader_is_logged_and_done_later(tmp_path: P
     assert wal.stat().st_size > 0
     assert database.empty_log() and wal.stat().st_size == 0 and not database.log_not_emptied
     database.close()
+
+
+def test_a_write_inside_a_write_is_part_of_it_and_an_error_in_it_undoes_only_its_own(tmp_path: Path) -> None:
+    database = open_database(tmp_path / "cleo.db")
+    store = SqliteConversationStore(database)
+    with database.write():
+        kept = store.create_conversation("Kept")  # saved through the store's own write()
+        with pytest.raises(RuntimeError), database.write():
+            store.create_conversation("Undone")
+            raise RuntimeError("a bug half way")
+        assert database.conn.in_transaction  # nothing committed yet
+    assert [c.title for c in store.conversations()] == ["Kept"]
+    with pytest.raises(RuntimeError), database.write():
+        store.update_conversation(kept.id, title="Renamed")
+        raise RuntimeError("a bug after the inner write")
+    assert [c.title for c in store.conversations()] == ["Kept"]
+    database.close()

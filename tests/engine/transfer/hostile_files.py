@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import subprocess
 import sys
 import zipfile
@@ -76,8 +77,7 @@ from engine.transfer import ImportFileInvalid, import_chatgpt
 database = open_database(Path(sys.argv[1]))
 start = time.perf_counter()
 try:
-    import_chatgpt(database, Path(sys.argv[2]))
-    outcome = "imported"
+    outcome = "imported: " + import_chatgpt(database, Path(sys.argv[2])).summary()
 except ImportFileInvalid as refused:
     outcome = refused.message
 seconds = time.perf_counter() - start
@@ -89,8 +89,33 @@ print(json.dumps({"outcome": outcome, "peak_mb": round(peak_mb(), 1), "seconds":
 
 
 def import_in_child(database: Path, export: Path) -> dict[str, Any]:
-    """Import `export` (ChatGPT's) into `database` in a fresh Python: outcome, peak memory (MB), seconds."""
+    """Import `export` (ChatGPT's) into `database` in a fresh Python: outcome ("imported: " and the
+    report's summary, or the error), peak memory (MB), seconds."""
     done = subprocess.run([sys.executable, "-c", _CHILD, str(database), str(export)], cwd=ROOT, check=True,
                           capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
     result: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
     return result
+
+
+def random_words(size: int, seed: int) -> str:
+    """`size` characters of words of random letters, about 8 long: nearly every one a new word for
+    the search index, which holds a row's distinct words in memory until it is written."""
+    letters = bytes(range(ord("a"), ord("z") + 1))
+    table = bytes(32 if byte < 32 else letters[byte % 26] for byte in range(256))  # 1 in 8: a space
+    return random.Random(seed).randbytes(size).translate(table).decode("ascii")
+
+
+def chatgpt_export(conversations: list[list[list[str]]]) -> bytes:
+    """A ChatGPT export whose n-th conversation holds one message per list of parts, in a chain."""
+    records = []
+    for number, messages in enumerate(conversations, 1):
+        mapping: dict[str, Any] = {}
+        parent = None
+        for index, parts in enumerate(messages):
+            key = f"c{number}m{index}"
+            mapping[key] = {"id": key, "parent": parent, "children": [], "message": {
+                "id": key, "author": {"role": "user" if index % 2 == 0 else "assistant"}, "create_time": 1.7e9 + index,
+                "content": {"content_type": "text", "parts": parts}}}
+            parent = key
+        records.append({"title": f"big {number}", "id": f"c{number}", "create_time": 1.7e9, "mapping": mapping})
+    return json.dumps(records).encode()

@@ -6,7 +6,9 @@ import json
 import os
 import signal
 import stat
+import subprocess
 import sys
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -15,7 +17,10 @@ import pytest
 
 from engine.cli.main import main
 from engine.errors import KnownError
+from engine.transfer import export as export_module
 from engine.transfer import write_export
+
+ROOT = Path(__file__).resolve().parents[3]
 
 posix_only = pytest.mark.skipif(sys.platform == "win32", reason="POSIX file modes and resource limits")
 
@@ -75,3 +80,65 @@ def test_a_failed_export_leaves_the_old_file_as_it_was(tmp_path: Path) -> None:
     assert "nothing was changed there" in raised.value.message
     assert output.read_text(encoding="utf-8") == '{"the": "older export"}\n'
     assert [p.name for p in tmp_path.iterdir()] == ["backup.json"]  # no temporary file left behind
+
+
+def test_an_export_whose_folder_cannot_be_flushed_after_the_rename_is_written_and_says_so(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    """The new file already has its name then: an error saying "nothing was changed there" was false."""
+    output = tmp_path / "backup.md"
+    output.write_text("an older export\n", encoding="utf-8")
+
+    def refuse(folder: Path) -> None:
+        raise OSError(5, "Input/output error")
+
+    monkeypatch.setattr(export_module, "sync_folder", refuse)
+    write_export(output, "# Plans\n")
+
+    assert output.read_text(encoding="utf-8") == "# Plans\n"
+    assert f"wrote {output} but could not flush its folder to disk" in caplog.text
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="named pipes are POSIX")
+def test_an_export_to_a_pipe_is_written_into_it(tmp_path: Path) -> None:
+    """`--output /dev/stdout` piped to another program, or a named pipe: no file to replace."""
+    pipe = tmp_path / "pipe"
+    os.mkfifo(pipe)
+    received: list[bytes] = []
+    reader = threading.Thread(target=lambda: received.append(pipe.read_bytes()), daemon=True)
+    reader.start()
+
+    write_export(pipe, {"format": "cleo-conversations", "conversations": []})
+
+    reader.join(timeout=10)
+    assert json.loads(received[0]) == {"format": "cleo-conversations", "conversations": []}
+    assert stat.S_ISFIFO(os.lstat(pipe).st_mode)  # still the pipe, not a file put in its place
+
+
+@posix_only
+def test_an_export_through_a_link_replaces_the_file_and_keeps_the_link(tmp_path: Path) -> None:
+    """`/dev/stdout` sent to a file is such a link; so is a user's link to their backups folder."""
+    real = tmp_path / "real.md"
+    real.write_text("older\n", encoding="utf-8")
+    link = tmp_path / "link.md"
+    link.symlink_to(real)
+
+    write_export(link, "newer\n")
+
+    assert link.is_symlink() and real.read_text(encoding="utf-8") == "newer\n"
+
+
+@posix_only
+def test_cleo_export_to_dev_stdout_writes_to_what_stdout_is(tmp_path: Path) -> None:
+    _chat_in_profile(tmp_path)
+    command = [sys.executable, "-c", "import sys; from engine.cli.main import main; sys.exit(main(sys.argv[1:]))",
+               "export", "chatgpt-c1", "--output", "/dev/stdout"]
+    piped = subprocess.run(command, capture_output=True, text=True, timeout=60, cwd=ROOT,
+                           env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert piped.returncode == 0, piped.stderr
+    assert piped.stdout.startswith("# Plans\n")
+    into_file = tmp_path / "out.md"
+    with into_file.open("w") as out:
+        done = subprocess.run(command, stdout=out, stderr=subprocess.PIPE, text=True, timeout=60, cwd=ROOT,
+                              env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert done.returncode == 0, done.stderr
+    assert into_file.read_text(encoding="utf-8").startswith("# Plans\n")

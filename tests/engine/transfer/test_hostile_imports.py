@@ -5,7 +5,9 @@ refused file changes nothing."""
 from __future__ import annotations
 
 import json
+import os
 import struct
+import threading
 import time
 import zipfile
 from collections.abc import Iterator
@@ -19,7 +21,7 @@ from engine.cli.main import EXIT_KNOWN_ERROR, main
 from engine.paths import folders
 from engine.storage.database import Database, open_database
 from engine.transfer import ImportFileInvalid, import_chatgpt, import_cleo_json
-from engine.transfer.importing import ID_PATTERN
+from engine.transfer.importing import ID_PATTERN, MAX_MESSAGE_CHARS
 
 START = 1_700_000_000.0
 
@@ -225,3 +227,43 @@ def test_a_cleo_export_with_an_id_that_is_not_plain_is_refused(database: Databas
     with pytest.raises(ImportFileInvalid, match=r"backup\.json, conversation 1.*not an id \(1 to 64 letters"):
         import_cleo_json(database, document, source="backup.json")
     assert rows(database) == ([], [], [])
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="named pipes are POSIX")
+@pytest.mark.parametrize("source", ["chatgpt", "cleo"])
+def test_a_named_pipe_is_refused_at_once_rather_than_waited_on(source: str, tmp_path: Path,
+                                                              capsys: pytest.CaptureFixture[str]) -> None:
+    """Opening a FIFO for reading waits for a writer: the import hung for ever, its check came after the open."""
+    fifo = tmp_path / "conversations.json"
+    os.mkfifo(fifo)
+    codes: list[int] = []
+    importing = threading.Thread(target=lambda: codes.append(main(["import", source, str(fifo)])), daemon=True)
+    importing.start()
+    importing.join(timeout=10)
+    if importing.is_alive():  # let the import end before failing: a writer that writes nothing
+        os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
+        importing.join(timeout=10)
+        pytest.fail(f"`cleo import {source}` of a named pipe was still waiting after 10 s")
+
+    assert codes == [EXIT_KNOWN_ERROR]
+    said = capsys.readouterr().err
+    assert f"Cleo cannot import {fifo}: it is not a file (a folder, a pipe or a device)" in said, said
+    assert "Choose the .json (or .zip) file to import." in said
+
+
+def test_a_message_longer_than_cleo_keeps_is_cut_with_a_note_and_reported(database: Database) -> None:
+    text = "word " * (MAX_MESSAGE_CHARS // 5) + "tail-that-is-cut"
+    document = {"format": "cleo-conversations", "version": 1, "conversations": [
+        {"id": "c1", "title": "Logs", "created_at": START, "messages": [
+            {"id": "m1", "role": "user", "content": text, "created_at": START},
+            {"id": "m2", "role": "assistant", "content": "Short.", "created_at": START + 1, "parent_id": "m1"}]}]}
+
+    report = import_cleo_json(database, document, source="logs.json")
+
+    kept = database.conn.execute("SELECT content FROM messages WHERE id = 'm1'").fetchone()[0]
+    assert kept == (text[:MAX_MESSAGE_CHARS] + f"\n\n[… cut by Cleo's import: this message had {len(text):,} "
+                    f"characters, Cleo keeps {MAX_MESSAGE_CHARS:,}]")
+    assert report.messages_cut == ["conversation 1 ('Logs'), message 1 ('m1')"]
+    assert report.summary() == ("1 conversation(s) added, 2 message(s) added, 1 message(s) longer than "
+                                f"{MAX_MESSAGE_CHARS:,} characters cut to that length "
+                                "(conversation 1 ('Logs'), message 1 ('m1'))")
