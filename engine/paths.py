@@ -9,10 +9,12 @@ builds them) and the app (which loads them) must agree on them.
 from __future__ import annotations
 
 import os
+import stat
 import sys
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 import platformdirs
 
@@ -144,6 +146,30 @@ def sync_folder(folder: Path) -> None:
         os.fsync(descriptor)
     finally:
         os.close(descriptor)
+
+
+class NotARegularFile(OSError):
+    """The path is a folder, pipe, socket or device: nothing Cleo reads as a file."""
+
+
+def open_regular_file(path: Path) -> BinaryIO:
+    """`path` opened for reading if it is a regular file, else `NotARegularFile`: reading a pipe
+    waits for a writer for ever, and a device may never end. Other failures are the usual OSErrors.
+
+    Opened without blocking (a pipe put in the file's place after the check would otherwise wait
+    in `open` itself), and checked again on the descriptor, which is what is read."""
+    if not stat.S_ISREG(os.stat(path).st_mode):
+        raise NotARegularFile(f"{path} is not a regular file")
+    descriptor = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_BINARY", 0))
+    try:
+        if not stat.S_ISREG(os.fstat(descriptor).st_mode):
+            raise NotARegularFile(f"{path} is not a regular file")
+        if hasattr(os, "O_NONBLOCK"):
+            os.set_blocking(descriptor, True)  # a regular file never blocks; reads are plain again
+        return os.fdopen(descriptor, "rb")
+    except BaseException:
+        os.close(descriptor)
+        raise
 
 
 def _make_private(path: Path, mode: int) -> None:

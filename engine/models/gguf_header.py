@@ -16,7 +16,6 @@ a file on Hugging Face, read before downloading it), with the same checks and li
 from __future__ import annotations
 
 import os
-import stat
 import struct
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,6 +24,7 @@ from typing import Any, BinaryIO, Protocol
 from gguf import GGML_QUANT_SIZES, GGMLQuantizationType, GGUFValueType
 
 from engine.errors import ModelFileInvalid, ModelMissing
+from engine.paths import NotARegularFile, open_regular_file
 
 MAGIC = b"GGUF"
 SUPPORTED_VERSIONS = (2, 3)
@@ -209,25 +209,17 @@ def _open_regular_file(path: Path) -> BinaryIO:
     """`path` opened for reading, if it is a regular file: a pipe named `x.gguf` would block the
     scan of a models folder forever, and a device could be endless or have effects when opened."""
     try:
-        kind = os.stat(path).st_mode
+        return open_regular_file(path)
     except FileNotFoundError:
         raise ModelMissing(f"The model file {path} does not exist.",
                            hint="Check the path, or choose another model.") from None
+    except NotARegularFile:
+        if path.is_dir():
+            raise ModelFileInvalid(f"{path} is a folder, not a model file.",
+                                   hint="Choose a .gguf file inside it.") from None
+        raise _not_regular(path) from None
     except OSError as exc:
         raise _unreadable(path, exc) from exc
-    if stat.S_ISDIR(kind):
-        raise ModelFileInvalid(f"{path} is a folder, not a model file.", hint="Choose a .gguf file inside it.")
-    if not stat.S_ISREG(kind):
-        raise _not_regular(path)
-    try:
-        # Non-blocking, in case the file was swapped for a pipe since the check: opening one then returns at once.
-        descriptor = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_BINARY", 0))
-    except OSError as exc:
-        raise _unreadable(path, exc) from exc
-    if not stat.S_ISREG(os.fstat(descriptor).st_mode):
-        os.close(descriptor)
-        raise _not_regular(path)
-    return os.fdopen(descriptor, "rb")
 
 
 def _not_regular(path: Path) -> ModelFileInvalid:

@@ -11,7 +11,6 @@ where reading it whole took 8.7 GB.
 from __future__ import annotations
 
 import os
-import stat
 import struct
 import sys
 import zipfile
@@ -23,6 +22,7 @@ from typing import IO, Any
 
 import ijson
 
+from engine import paths
 from engine.transfer.importing import ImportFileInvalid, Place, shown
 
 _MB = 1024 * 1024
@@ -91,26 +91,14 @@ def _open_stream(stack: ExitStack, path: Path, place: Place,
 
 
 def open_regular_file(path: Path) -> IO[bytes]:
-    """`path` opened for reading if it is a regular file, or `ImportFileInvalid`: reading a FIFO
-    waits for a writer for ever, and a device may never end.
-
-    Opened without blocking (a FIFO put in the file's place after the check would otherwise wait
-    in `open` itself), and checked again on the descriptor, which is what is read."""
+    """`path` opened for reading if it is a regular file (`engine.paths.open_regular_file`), or
+    `ImportFileInvalid`: reading a FIFO waits for a writer for ever, and a device may never end."""
     try:
-        if not stat.S_ISREG(os.stat(path).st_mode):
-            raise _not_a_file(path)
-        descriptor = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_BINARY", 0))
+        return paths.open_regular_file(path)
     except (FileNotFoundError, NotADirectoryError):
         raise ImportFileInvalid(f"There is no file {path}.", hint="Check the name and folder.") from None
-    try:
-        if not stat.S_ISREG(os.fstat(descriptor).st_mode):
-            raise _not_a_file(path)
-        if hasattr(os, "O_NONBLOCK"):
-            os.set_blocking(descriptor, True)  # a regular file never blocks; reads are plain again
-        return os.fdopen(descriptor, "rb")
-    except BaseException:
-        os.close(descriptor)
-        raise
+    except paths.NotARegularFile:
+        raise _not_a_file(path) from None
 
 
 def _not_a_file(path: Path) -> ImportFileInvalid:
