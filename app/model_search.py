@@ -5,6 +5,8 @@ lists repositories (most downloaded or most recently updated first, a page at a 
 one lists its GGUF files pinned to one commit (split parts grouped, vision projectors and other
 files marked); choosing a file reads its header over the network (the first megabytes only) and
 shows what the model is and whether it fits this machine, before anything large is fetched.
+Downloads go to Cleo's models folder or to one the user picks ("Save to"), whose models the
+manager then lists with the others.
 
 Every request runs off the GUI thread (`app.hub_work.HubWork`); when the Hub cannot be reached,
 is rate-limiting or answers nonsense, one line says so and the rest of the manager keeps
@@ -19,19 +21,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, cast
 
-from PySide6.QtCore import QSignalBlocker, Qt, Signal, Slot
-from PySide6.QtWidgets import (
-    QComboBox,
-    QHBoxLayout,
-    QLineEdit,
-    QSplitter,
-    QTableWidget,
-    QTableWidgetItem,
-    QVBoxLayout,
-    QWidget,
-)
+from PySide6.QtCore import Qt, Signal, Slot
+from PySide6.QtWidgets import QComboBox, QFileDialog, QHBoxLayout, QLineEdit, QSplitter, QVBoxLayout, QWidget
 
 from app.download_list import DownloadList
+from app.hub_tables import RowFiller, hub_table
 from app.hub_work import HubWork
 from app.widgets import button, plain_label, tooltip
 from engine import (
@@ -64,6 +58,7 @@ class _Listed:
 
 class HubBrowser(QWidget):
     saved = Signal(str)  # a model was downloaded and checked: the local list should show it
+    folder_chosen = Signal(str)  # the user chose where downloads go: models there should be listed
 
     def __init__(self, hub: str, context_size: int, parent: QWidget | None = None) -> None:
         super().__init__(parent)
@@ -72,6 +67,7 @@ class HubBrowser(QWidget):
         self.work = HubWork(self)
         self.work.finished.connect(self.on_work_finished)
         self.work.failed.connect(self.on_work_failed)
+        self.rows = RowFiller(self)  # long lists go into the tables a batch at a time
         self.page: SearchPage | None = None
         self.listed: list[_Listed] = []
         self.listing: RepoFiles | None = None
@@ -91,19 +87,25 @@ class HubBrowser(QWidget):
         self.status = plain_label()  # one line: what is happening, or why the Hub cannot be used now
         self.status.setAccessibleName(self.tr("Hub status"))
 
-        self.results = _table(self.tr("Search results"), ("Repository", "Downloads", "Likes", "Updated", "Licence"))
+        self.results = hub_table(self.tr("Search results"), ("Repository", "Downloads", "Likes", "Updated", "Licence"))
         self.results.itemSelectionChanged.connect(self.on_results_item_selection_changed)
         self.more_button = button(self.tr("More results"), self.tr("Show the next page of results"), self.more)
         self.more_button.setEnabled(False)
-        self.files = _table(self.tr("Files of the repository"), ("File", "Kind", "Quantization", "Size", "Fit"))
+        self.files = hub_table(self.tr("Files of the repository"), ("File", "Kind", "Quantization", "Size", "Fit"))
         self.files.itemSelectionChanged.connect(self.on_files_item_selection_changed)
         self.facts = plain_label()  # the selected file's header facts and fit
         self.facts.setWordWrap(True)
         self.facts.setAccessibleName(self.tr("About the selected file"))
         self.download_button = button(self.tr("Download"), self.tr("Download the selected file (every part of a "
-                                                                   "split model) into Cleo's models folder"),
+                                                                   "split model) into the folder shown beside"),
                                       self.download)
         self.download_button.setEnabled(False)
+        self.save_to = plain_label()  # where downloads go: a path, shown as the characters it is
+        self.save_to.setAccessibleName(self.tr("Downloads are saved to"))
+        self.save_to.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
+        self.change_folder_button = button(self.tr("Change…"), self.tr("Choose the folder downloads are saved to; "
+                                                                       "the models in it are listed with yours"),
+                                           self.choose_folder)
         self.download_list = DownloadList()
         self.download_list.saved.connect(self.saved)
         self.download_list.said.connect(self.say)
@@ -121,7 +123,11 @@ class HubBrowser(QWidget):
         column.setContentsMargins(0, 0, 0, 0)
         column.addWidget(self.files, 1)
         column.addWidget(self.facts)
-        column.addWidget(self.download_button, 0, Qt.AlignmentFlag.AlignRight)
+        row = QHBoxLayout()
+        row.addWidget(self.save_to, 1)
+        row.addWidget(self.change_folder_button)
+        row.addWidget(self.download_button)
+        column.addLayout(row)
         split = QSplitter(Qt.Orientation.Horizontal)
         split.addWidget(left)
         split.addWidget(right)
@@ -131,6 +137,7 @@ class HubBrowser(QWidget):
         layout.addWidget(self.status)
         layout.addWidget(split, 3)
         layout.addWidget(self.download_list, 1)
+        self.show_folder()
         self.show_suggestions()
 
     # --- what the user does -------------------------------------------------------------------------------
@@ -174,8 +181,7 @@ class HubBrowser(QWidget):
         self.results.setHorizontalHeaderLabels([self.tr(h) for h in ("Repository", "File", "Memory", "Kind",
                                                                      "Licence")])
         self.listed = [_Listed(s.repo, s.revision, s.file) for s in found]
-        self._fill(self.results, [(s.repo, s.file, f"{s.memory_gb} GB", "MoE" if s.moe else "dense", s.licence)
-                                  for s in found], [s.description for s in found])
+        self.rows.fill(self.results, len(found), lambda i: (_suggestion_cells(found[i]), found[i].description))
 
     def download(self) -> None:
         file, listing = self.selected_file(), self.listing
@@ -184,6 +190,22 @@ class HubBrowser(QWidget):
         folder = self.folder or folders().models
         if self.download_list.add(listing, file.name, folder) is not None:
             self.say(self.tr("Downloading %1 into %2.").replace("%1", file.name).replace("%2", str(folder)))
+
+    def choose_folder(self) -> None:
+        """Ask where downloads go; the choice holds until Cleo quits (the manager is kept meanwhile)."""
+        chosen = QFileDialog.getExistingDirectory(self, self.tr("Save downloaded models to"),
+                                                  str(self.folder or folders().models))
+        if chosen:
+            self.folder = Path(chosen)
+            self.show_folder()
+            self.say(self.tr("Downloads are saved to %1; the models there are listed with yours.")
+                     .replace("%1", chosen))
+            self.folder_chosen.emit(chosen)
+
+    def show_folder(self) -> None:
+        folder = str(self.folder or folders().models)
+        self.save_to.setText(self.tr("Save to: %1").replace("%1", folder))
+        self.save_to.setToolTip(tooltip(folder))
 
     def stop(self) -> None:
         """The manager closed: every search, file list, header read and download stops."""
@@ -213,7 +235,7 @@ class HubBrowser(QWidget):
         chosen, hub = self.listed[row], self.hub
         self.work.cancel("header")
         self.listing = None
-        self._fill(self.files, [], [])
+        self.rows.clear(self.files)
         self.facts.setText("")
         self.download_button.setEnabled(False)
         self.say(self.tr("Listing the files of %1…").replace("%1", chosen.repo))
@@ -284,8 +306,9 @@ class HubBrowser(QWidget):
                                                                          "Updated", "Licence")])
         self.page = page
         self.listed += [_Listed(m.repo) for m in page.models]
-        self._fill(self.results, [_result_cells(m) for m in page.models], [m.repo for m in page.models],
-                   append=not first)
+        models = page.models
+        self.rows.fill(self.results, len(models), lambda i: (_result_cells(models[i]), models[i].repo),
+                       append=not first)
         self.more_button.setEnabled(bool(page.next_url))
         shown = len(self.listed)
         if not shown:
@@ -296,10 +319,15 @@ class HubBrowser(QWidget):
 
     def _show_files(self, chosen: _Listed, listing: RepoFiles) -> None:
         self.listing = listing
-        rows = [(_file_cells(f, self.read.get((listing.repo, listing.commit, f.name)))) for f in listing.files]
-        notes = [f"{f.name}\n" + "\n".join(f"{p.path}: {p.size:,} bytes, sha256 {p.sha256 or 'unknown'}"
-                                           for p in f.parts) for f in listing.files]
-        self._fill(self.files, rows, notes)
+        files, read = listing.files, self.read
+
+        def row(i: int) -> tuple[tuple[str, ...], str]:  # made when shown: with the header if it was read by then
+            file = files[i]
+            return (_file_cells(file, read.get((listing.repo, listing.commit, file.name))),
+                    f"{file.name}\n" + "\n".join(f"{p.path}: {p.size:,} bytes, sha256 {p.sha256 or 'unknown'}"
+                                                  for p in file.parts))
+
+        self.rows.fill(self.files, len(files), row)
         models = listing.models
         self.say(self.tr("%1 at %2: %3 model file(s).").replace("%1", listing.repo)
                  .replace("%2", listing.commit[:12]).replace("%3", str(len(models))))
@@ -316,10 +344,7 @@ class HubBrowser(QWidget):
         if row < 0:
             return
         file, read = listing.files[row], self.read[key]
-        for column, text in enumerate(_file_cells(file, read)):
-            item = self.files.item(row, column)
-            if item is not None:
-                item.setText(text)
+        self.rows.set_row(self.files, row, _file_cells(file, read))
         self.files.resizeColumnsToContents()
         selected = self.selected_file()
         if selected is not None and selected.name == key[2]:
@@ -327,24 +352,6 @@ class HubBrowser(QWidget):
 
     def _show_read(self, file: HubFile, read: RemoteModel | str) -> None:
         self.facts.setText(read if isinstance(read, str) else facts_text(read))
-
-    def _fill(self, table: QTableWidget, rows: list[tuple[str, ...]], notes: list[str], *,
-              append: bool = False) -> None:
-        start = table.rowCount() if append else 0
-        if not append:
-            with QSignalBlocker(table):  # a new list selects nothing: nothing is fetched until the user chooses
-                table.clearSelection()
-                table.setRowCount(0)
-                table.setCurrentCell(-1, -1)
-        table.setRowCount(start + len(rows))
-        for i, (cells, note) in enumerate(zip(rows, notes, strict=True)):
-            for j, text in enumerate(cells):
-                item = QTableWidgetItem(text)  # a table item shows its text literally, whatever it holds
-                item.setToolTip(tooltip(note))
-                if j and text[:1].isdigit():
-                    item.setTextAlignment(Qt.AlignmentFlag.AlignRight | Qt.AlignmentFlag.AlignVCenter)
-                table.setItem(start + i, j, item)
-        table.resizeColumnsToContents()
 
 
 def facts_text(remote: RemoteModel) -> str:
@@ -356,6 +363,10 @@ def facts_text(remote: RemoteModel) -> str:
     fit = remote.fit.text[:1].upper() + remote.fit.text[1:]
     return (f"{info.architecture} · {experts} · {_count(info.parameters)} parameters · {info.quantization} · "
             f"context {info.context_length:,} tokens · {template}\n{fit}.")
+
+
+def _suggestion_cells(s: Suggestion) -> tuple[str, ...]:
+    return s.repo, s.file, f"{s.memory_gb} GB", "MoE" if s.moe else "dense", s.licence
 
 
 def _result_cells(model: HubModel) -> tuple[str, ...]:
@@ -377,16 +388,4 @@ def size_text(n: int) -> str:
 def _count(n: int) -> str:
     return f"{n / 1e9:.1f}B" if n >= 1e9 else f"{n / 1e6:.0f}M" if n >= 1e6 else f"{n / 1e3:.0f}K"
 
-
-def _table(name: str, headers: tuple[str, ...]) -> QTableWidget:
-    table = QTableWidget(0, len(headers))
-    table.setHorizontalHeaderLabels(list(headers))
-    table.setAccessibleName(name)
-    table.setEditTriggers(QTableWidget.EditTrigger.NoEditTriggers)
-    table.setSelectionBehavior(QTableWidget.SelectionBehavior.SelectRows)
-    table.setSelectionMode(QTableWidget.SelectionMode.SingleSelection)
-    table.verticalHeader().hide()
-    table.verticalHeader().setDefaultSectionSize(table.fontMetrics().height() + 10)
-    table.horizontalHeader().setStretchLastSection(True)
-    return table
 

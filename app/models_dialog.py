@@ -10,6 +10,7 @@ engine's `download` does all of that).
 from __future__ import annotations
 
 import threading
+import time
 import traceback
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -27,6 +28,7 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
+from app.hub_work import PROGRESS_SECONDS
 from app.model_search import HubBrowser
 from app.widgets import button, plain_label, tooltip
 from engine import (
@@ -65,9 +67,20 @@ class DownloadWorker(QObject):
 
     @Slot(object, str)
     def fetch(self, entry: CatalogEntry, folder: str) -> None:
+        reported_at = 0.0
+
+        def progress(done: int, total: int) -> None:
+            # The downloader reports every 256 KiB: on a fast connection, hundreds of updates a second
+            # for the GUI thread to draw. Ten a second show the same progress.
+            nonlocal reported_at
+            now = time.monotonic()
+            if done < total and now - reported_at < PROGRESS_SECONDS:
+                return
+            reported_at = now
+            self.progressed.emit(entry.file_name, done, total)
+
         try:
-            path = download(entry, Path(folder), cancelled=self.cancelled,
-                            progress=lambda done, total: self.progressed.emit(entry.file_name, done, total))
+            path = download(entry, Path(folder), cancelled=self.cancelled, progress=progress)
         except KnownError as exc:
             self.failed.emit(entry.file_name, exc)
             return
@@ -122,6 +135,7 @@ class ModelsDialog(QDialog):
         self.tabs.addTab(page, self.tr("On this computer"))
         self.browser = HubBrowser(hub_address(load_settings()[0]) if hub is None else hub, context_size)
         self.browser.saved.connect(self.models_changed)
+        self.browser.folder_chosen.connect(self.on_browser_folder_chosen)
         self.tabs.addTab(self.browser, self.tr("Find on Hugging Face"))
 
         try:
@@ -232,6 +246,15 @@ class ModelsDialog(QDialog):
     def add_places(self, *paths: str) -> None:
         self.extra = tuple(dict.fromkeys((*self.extra, *paths)))
         self.folders_changed.emit(self.extra)
+
+    @Slot(str)
+    def on_browser_folder_chosen(self, folder: str) -> None:
+        """Downloads go to `folder` from now on: unless models are listed from there already, they will be,
+        as for a folder added with "Add folder…", so a model saved there is listed at once."""
+        chosen = Path(folder).resolve()
+        listed = [folders().models, *(Path(p) for p in self.extra)]
+        if not any(chosen.is_relative_to(place.resolve()) for place in listed):
+            self.add_places(folder)
 
     def on_download_button_clicked(self) -> None:
         row = self.downloads.currentRow()

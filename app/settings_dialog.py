@@ -47,13 +47,15 @@ from engine import Persona, Settings
 _ELSEWHERE = {"chat_model", "model_folders"}
 _LABELS = {
     "context_size": "Context size (tokens)", "threads": "CPU threads", "gpu_layers": "GPU layers",
+    "gpu_memory_budget_mb": "GPU memory limit (MB)",
     "kv_cache_budget_mb": "Chat switch cache (MB)", "top_p": "Top-p", "top_k": "Top-k", "min_p": "Min-p",
     "max_tokens": "Longest reply (tokens)", "system_prompt": "Instructions (system prompt)",
     "memory_enabled": "Remember things about me", "ask_before_remembering": "Ask before remembering",
     "font_size": "Chat text size",
     "api_enabled": "Serve the local API", "api_port": "Port", "api_allowed_origins": "Allowed web origins",
     "api_allowed_hosts": "More host names", "api_listen_on_network": "Reachable from other computers",
-    "api_max_body_bytes": "Largest request (bytes)", "api_queue_limit": "Requests that may wait",
+    "api_max_body_bytes": "Largest request (bytes)", "api_parallel": "Requests written at once",
+    "api_queue_limit": "Requests that may wait",
     "api_request_timeout_s": "Time limit per request (s)", "api_memory": "Share memory (model id 'cleo')",
     "api_save_chats": "Keep API chats in my history", "hub_url": "Model source",
 }

@@ -151,7 +151,10 @@ class EngineWorker(QObject):
 
     @Slot(object)
     def on_controller_settings_applied(self, settings: Settings) -> None:
-        self._do(lambda s: self._apply_settings(s, settings), needs_session=False, idle=True)
+        # Where models are looked for may change while a reply is written (a download folder chosen
+        # meanwhile); any other change waits for the reply.
+        others = settings.model_dump(exclude={"model_folders"}) != self.settings.model_dump(exclude={"model_folders"})
+        self._do(lambda s: self._apply_settings(s, settings), needs_session=False, idle=others)
 
     @Slot(str)
     def on_controller_import_requested(self, path: str) -> None:

@@ -113,14 +113,16 @@ def running(name: str, command: list[str], env: dict[str, str], token: str, port
             process.wait()
 
 
-def cleo_server(model: Path, threads: int, context: int, home: Path,
+def cleo_server(model: Path, threads: int, context: int, parallel: int, home: Path,
                 log_folder: Path) -> AbstractContextManager[Server]:
-    """`cleo serve` in a fresh CLEO_HOME (no user settings leak in), CPU only like the baseline."""
+    """`cleo serve` in a fresh CLEO_HOME (no user settings leak in), CPU only like the baseline, with
+    `parallel` sequences of `context` tokens each (one server for every number of clients)."""
     token, port = secrets.token_urlsafe(24), free_port()
     env = {**{k: v for k, v in os.environ.items() if not k.startswith("CLEO_")},
            "CLEO_HOME": str(home), "CLEO_API_TOKEN": token, "CLEO_THREADS": str(threads),
            "CLEO_CONTEXT_SIZE": str(context), "CLEO_GPU_LAYERS": "0"}
-    command = [sys.executable, "-m", "app", "serve", "--model", str(model), "--port", str(port)]
+    command = [sys.executable, "-m", "app", "serve", "--model", str(model), "--port", str(port),
+               "--parallel", str(parallel)]
     return running("cleo", command, env, token, port, "/v1/models", log_folder, {})
 
 
@@ -329,7 +331,7 @@ def main(argv: list[str] | None = None) -> int:
          load_average_1m=round(os.getloadavg()[0], 2))
     with tempfile.TemporaryDirectory(prefix="cleo-bench-api-") as scratch:
         folder = Path(scratch)
-        with cleo_server(model, args.threads, args.context, folder / "home", folder) as cleo:
+        with cleo_server(model, args.threads, args.context, max(args.clients), folder / "home", folder) as cleo:
             if built is None:
                 rows = against_batched_decode(cleo, model, model_id, args, baseline_error.splitlines()[0])
             else:

@@ -15,10 +15,13 @@
         Same target; it runs after (b), so llama.cpp is already loaded, as in a window in use.
 
 Run with `QT_QPA_PLATFORM=offscreen python -m bench.gui` (needs the default models: `make models`).
+`--only hub` runs (c) alone, several times with `--runs N`, with the engine not started (no model
+needed); it prints one row per run and a summary of the worst and the median.
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import tempfile
@@ -171,13 +174,35 @@ def hub_stall(window: MainWindow, folder: Path) -> dict[str, object]:
             "download": saved.split(":")[0]}
 
 
+def hub_only(window: MainWindow, runs: int) -> None:
+    """(c) alone, `runs` times: the engine is not started, so no model is needed."""
+    worst: list[float] = []
+    for run in range(1, runs + 1):
+        with tempfile.TemporaryDirectory(prefix="cleo-bench-hub-") as folder:
+            hub = hub_stall(window, Path(folder))
+        emit(measure="gui_stall", stream="none; search and download running", run=run, **hub)
+        worst.append(float(str(hub["worst_ms"])))
+    ordered = sorted(worst)
+    emit(measure="summary", stall_hub_worst_ms=ordered[-1], stall_hub_median_ms=ordered[len(ordered) // 2],
+         runs=runs, stall_target_ms=STALL_TARGET_MS, stall_met=ordered[-1] <= STALL_TARGET_MS)
+
+
 def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--only", choices=("hub",), help="run one case alone (hub: the model manager at work)")
+    parser.add_argument("--runs", type=int, default=1, help="how many times to run the case of --only")
+    args = parser.parse_args()
     app = QApplication.instance() or QApplication([])
     settings = Settings(threads=1, context_size=2048, max_tokens=200, temperature=0.7, seed=3)
     window = MainWindow(settings, EngineWorker(settings))
     window.resize(1100, 720)
     window.show()
     QCoreApplication.processEvents()
+    if args.only == "hub":
+        hub_only(window, max(args.runs, 1))
+        window.close()
+        app.quit()
+        return
 
     long_chat, short_chat = conversation(1000), conversation(10)
     for name, chat in (("10_messages", short_chat), ("1000_messages", long_chat)):

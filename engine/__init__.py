@@ -19,8 +19,8 @@ from typing import TYPE_CHECKING, Any
 
 # name -> module that defines it
 _SURFACE = {
-    "Session": "engine.session", "open_session": "engine.session", "list_models": "engine.session",
-    "choose_model": "engine.session", "keep_settings": "engine.session", "Profile": "engine.profile",
+    "Session": "engine.session", "open_session": "engine.session", "list_models": "engine.model_choice",
+    "choose_model": "engine.model_choice", "keep_settings": "engine.model_choice", "Profile": "engine.profile",
     "open_profile": "engine.profile", "TurnTicket": "engine.chat.requests",
     "KnownError": "engine.errors", "InternalError": "engine.errors", "ModelMissing": "engine.errors",
     "Busy": "engine.errors", "NotReady": "engine.errors",
@@ -152,6 +152,7 @@ if TYPE_CHECKING:
     from engine.events import Done, Event, Failed, MemoryUpdated, Notice, Recalled, RecalledItem, Started, Token, Usage
     from engine.logs import setup_logging
     from engine.memory.book import MEMORY_KINDS, Memory
+    from engine.model_choice import choose_model, keep_settings, list_models
     from engine.models.catalog import ModelInfo, Unusable, read_model_info
     from engine.models.downloads import CatalogEntry, DownloadCancelled, download, read_catalog
     from engine.models.fit import available_memory, estimate_need
@@ -173,7 +174,7 @@ if TYPE_CHECKING:
     from engine.paths import BUNDLED_MODELS, default_chat_model, default_embedding_model, ensure, folders
     from engine.profile import Profile, open_profile
     from engine.runtime.llama import gpus
-    from engine.session import Session, choose_model, keep_settings, list_models, open_session
+    from engine.session import Session, open_session
     from engine.settings import DEFAULT_SYSTEM_PROMPT, Persona, Settings, load_settings, save_settings
     from engine.storage.conversations import ConversationSummary, SearchHit
     from engine.storage.profile_lock import default_database_path, in_use

@@ -6,36 +6,34 @@ which model a chat uses, what leaving a chat does, when learning may run. Reques
 what a frontend shows return a `Refresh` with exactly the views that changed.
 
 A Session is used from the thread that opened it: it owns the model and the database connection.
-Replies go through `turns` (engine.chat.requests), a queue the owning thread writes one turn at a
-time with `step` or `run`, in a fair order between frontends; a frontend on another thread (the
-coming local API) puts its turns there and reads their events from its ticket.
+Replies go through `turns` (engine.chat.requests), a queue the owning thread writes with `step` or
+`run`, in a fair order between frontends and side by side where the model has sequences for it
+(which turns may share the model is decided here); a frontend on another thread (the local API)
+puts its turns there and reads their events from its ticket.
 """
 
 from __future__ import annotations
 
-import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 from engine.chat.assistant import Assistant, NoMemory, Turn
-from engine.chat.model import ChatModel, ModelLoader, load_llama_model
+from engine.chat.model import ChatModel, ModelLoader, load_llama_model, reloads
 from engine.chat.requests import Step, TurnQueue, TurnTicket
 from engine.errors import Busy, KnownError, ModelMissing
 from engine.events import Event, Failed, MemoryUpdated
 from engine.memory.turn_memory import LongTermMemory
-from engine.models.catalog import ModelCatalog, read_model_info
-from engine.paths import default_chat_model
+from engine.model_choice import chat_model_path
+from engine.models.catalog import read_model_info
 from engine.profile import Profile, open_profile
 from engine.settings import Settings, save_settings
 from engine.storage.conversations import ConversationSummary, SearchHit
 from engine.transfer import ImportReport
-from engine.views import ConversationView, MemoryState, ModelList, ModelState, Refresh
+from engine.views import ConversationView, MemoryState, ModelState, Refresh
 
-# Changing one of these loads the model again; the others apply from the next turn.
-RELOADING_SETTINGS = ("chat_model", "context_size", "threads", "gpu_layers", "kv_cache_budget_mb")
 # Learning runs the model for seconds: it waits until the user has paused this long.
 IDLE_BEFORE_LEARNING_S = 15.0
 MEMORY_ACTIONS = ("approve", "reject", "forget", "pin", "unpin")
@@ -52,38 +50,6 @@ def open_session(settings: Settings, *, model_path: Path | None = None, database
         profile.close()
         raise
     return Session(profile, model, settings, load_model=load_model, default_model=path)
-
-
-def chat_model_path(settings: Settings, model_path: Path | None = None) -> Path:
-    default = default_chat_model()
-    path = model_path or (Path(settings.chat_model) if settings.chat_model else default)
-    if path == default and not path.exists():
-        rebuild = ("Reinstall Cleo to get it back" if getattr(sys, "frozen", False)
-                   else "Build it with `python -m training.defaults` (or `make run`)")
-        raise ModelMissing(f"Cleo's default model {path} does not exist.",
-                           hint=f"{rebuild}, or choose another model (Models in the window, --model PATH in the "
-                                "terminal).")
-    return path
-
-
-def list_models(settings: Settings) -> ModelList:
-    """The models Cleo can load from its folders and the user's, and the .gguf files it cannot."""
-    models, unusable = ModelCatalog([Path(p) for p in settings.model_folders]).scan()
-    return ModelList(tuple(models), tuple(unusable))
-
-
-def choose_model(settings: Settings, path: str) -> Settings:
-    """Make the model at `path` the default, checked first; the saved settings are returned."""
-    read_model_info(Path(path))  # a clear error before anything changes
-    settings = settings.updated(chat_model=path)
-    save_settings(settings)
-    return settings
-
-
-def keep_settings(settings: Settings) -> Refresh:
-    """Save `settings` when no Session could open (the model failed to load): they apply at the next open."""
-    save_settings(settings)
-    return Refresh(settings=settings)
 
 
 class Session:
@@ -241,10 +207,13 @@ class Session:
         self._last_activity = self._clock()
 
     def submit_request(self, frontend: str, request_id: str, work: Callable[[ChatModel, threading.Event], Turn],
-                       *, model_path: Path | None = None) -> TurnTicket:
+                       *, model_path: Path | None = None, generates: bool = True) -> TurnTicket:
         """Queue work that is no chat's turn (a local API request): in its turn, on this Session's thread,
         the model at `model_path` is loaded if another is (the next chat turn loads its own back), then
-        `work(model, stop)` writes the events. Any thread; `Busy` when the queue is full."""
+        `work(model, stop)` writes the events. Any thread; `Busy` when the queue is full.
+
+        It runs beside other turns when the loaded model is the one it wants and, if it `generates`,
+        has a free sequence for it (`ChatModel.parallel`); the work then writes with `alongside`."""
         self._last_activity = self._clock()
 
         def turn(stop: threading.Event) -> Turn:
@@ -255,7 +224,13 @@ class Session:
                     yield Failed(exc)
                     return
             yield from work(self.assistant.model, stop)
-        return self.turns.submit(frontend, request_id, turn)
+
+        def joins(running: Sequence[TurnTicket]) -> bool:
+            model = self.assistant.model
+            if model_path is not None and model_path != model.path:
+                return False
+            return not generates or sum(t.alongside for t in running) < model.parallel
+        return self.turns.submit(frontend, request_id, turn, joins, alongside=generates)
 
     def serve(self, until: threading.Event, *, poll_s: float = 0.2) -> None:
         """On this Session's thread: write every queued turn as it comes, until `until` is set (`cleo serve`)."""
@@ -273,7 +248,12 @@ class Session:
                 yield Failed(exc)
                 return
             yield from start(stop)
-        return self.turns.submit(frontend, conversation_id, turn)
+
+        def joins(running: Sequence[TurnTicket]) -> bool:
+            # Beside the API's requests only (the chat's cache is one sequence), with its model loaded.
+            return (self.assistant.model.parallel > 0 and all(t.alongside for t in running)
+                    and self._model_path_of(conversation_id) == self.assistant.model.path)
+        return self.turns.submit(frontend, conversation_id, turn, joins)
 
     # --- memory -----------------------------------------------------------------------------------------
 
@@ -347,13 +327,14 @@ class Session:
     def apply_settings(self, settings: Settings) -> Refresh:
         """Save `settings` and apply them; a change in `RELOADING_SETTINGS` loads the model again,
         which waits until no reply (of any frontend) is being written; other changes apply at once."""
-        if any(getattr(self.settings, name) != getattr(settings, name) for name in RELOADING_SETTINGS):
+        reload = reloads(self.settings, settings)
+        if reload:
             self.check_idle()
-        old, self.settings = self.settings, settings
+        self.settings = settings
         save_settings(settings)
         self.memory.ask_before_remembering = settings.ask_before_remembering
         self.assistant.memory = self._memory_for(settings)
-        if not any(getattr(old, name) != getattr(settings, name) for name in RELOADING_SETTINGS):
+        if not reload:
             self.assistant.settings = settings
             return Refresh(settings=settings)
         if settings.chat_model:
@@ -363,14 +344,17 @@ class Session:
 
     def _use_model_of(self, conversation_id: str) -> bool:
         """Load the model this chat uses (its own, else the settings') if another is loaded; whether it did."""
-        wanted = self.profile.store.chat_model(conversation_id) or str(self.default_model)
-        if Path(wanted) == self.assistant.model.path:
+        wanted = self._model_path_of(conversation_id)
+        if wanted == self.assistant.model.path:
             return False
-        if not Path(wanted).is_file():
+        if not wanted.is_file():
             raise ModelMissing(f"This chat uses the model {wanted}, which is no longer there.",
                                hint="Choose another model for it in Models (Ctrl+L).")
-        self._load(Path(wanted), self.settings)
+        self._load(wanted, self.settings)
         return True
+
+    def _model_path_of(self, conversation_id: str) -> Path:
+        return Path(self.profile.store.chat_model(conversation_id) or str(self.default_model))
 
     def _load(self, path: Path, settings: Settings) -> None:
         """Load `path` and switch to it; if loading fails, the current model keeps serving."""

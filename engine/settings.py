@@ -85,6 +85,11 @@ class Settings(BaseModel):
         -1, ge=-1, le=4096,
         description="Layers to put on the GPU; -1 means as many as fit, 0 means CPU only.",
     )
+    gpu_memory_budget_mb: int = Field(
+        0, ge=0, le=1048576,
+        description="Most GPU memory Cleo may use for a model, in MB, to keep some for other programs; "
+                    "0 means all that is free.",
+    )
     model_folders: tuple[str, ...] = Field(
         (), max_length=100,
         description="More folders (e.g. LM Studio's or GPT4All's) and GGUF files to list models from.",
@@ -137,6 +142,11 @@ class Settings(BaseModel):
     )
     api_max_body_bytes: int = Field(
         4 * 1024 * 1024, ge=1024, le=256 * 1024 * 1024, description="Largest request the local API accepts, in bytes.",
+    )
+    api_parallel: int = Field(
+        4, ge=1, le=16,
+        description="Requests the local API writes at the same time. Each holds a context of its own in memory, "
+                    "so the model loads again when this changes.",
     )
     api_queue_limit: int = Field(
         16, ge=1, le=1024, description="Requests the local API lets wait for the model; more are told to retry.",

@@ -66,7 +66,7 @@ def build_routes(api: LocalApi) -> Starlette:
         if body.dimensions is not None and body.dimensions != api.EMBEDDING_DIMENSION:
             raise ApiError(400, f"Cleo's embeddings have {api.EMBEDDING_DIMENSION} dimensions.", param="dimensions")
         outcome = Outcome()
-        ticket = api.submit(session, embedding_work(session, texts, outcome), None)
+        ticket = api.submit(session, embedding_work(session, texts, outcome), None, generates=False)
         try:
             reply = await collect(TicketReader(ticket, session.settings.api_request_timeout_s), outcome,
                                   request.receive)

@@ -143,7 +143,7 @@ class LocalApi:
         return session
 
     def submit(self, session: Session, work: Callable[[ChatModel, threading.Event], Turn],
-               model_path: Path | None) -> TurnTicket:
+               model_path: Path | None, *, generates: bool = True) -> TurnTicket:
         """Queue a request's turn; 429 when the API's share of the queue (or the queue) is full.
         Every successful call is paired with one `release()` when the request is answered."""
         with self._lock:
@@ -151,7 +151,7 @@ class LocalApi:
                 raise _queue_full(f"{self._in_flight} requests are already waiting for the model.")
             self._in_flight += 1
         try:
-            return session.submit_request(FRONTEND, "", work, model_path=model_path)
+            return session.submit_request(FRONTEND, "", work, model_path=model_path, generates=generates)
         except Busy as exc:
             self.release()
             raise _queue_full(exc.message) from None

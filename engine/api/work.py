@@ -6,8 +6,9 @@ events: `Started` once the prompt is accepted, `Token`s, `Usage`, `Done`; or `Fa
 `ApiError`. What is not an event (the tool style, embeddings) goes in the request's `Outcome`,
 written before the event that announces it.
 
-`generate` is the one seam between a request and the model: a later continuous-batching engine
-replaces it without touching the routes.
+`generate` is the one seam between a request and the model. Requests run as turns side by side
+(engine.chat.requests), each in a sequence of its own, and the model writes them all in shared
+llama.cpp steps (engine.runtime.batch).
 """
 
 from __future__ import annotations
@@ -73,13 +74,16 @@ def text_work(session: Session, request: TextRequest, outcome: Outcome) -> Calla
                                   code="context_length_exceeded"))
             return
         limit = min(request.max_tokens or session.settings.max_tokens, room)
-        session.assistant.set_cache_aside()  # the open chat's next turn restores its cache instead of reading it all
+        alongside = model.parallel > 0  # in a sequence of its own, beside the chat's and other requests
+        if not alongside:
+            # The open chat's next turn restores its cache instead of reading it all.
+            session.assistant.set_cache_aside()
         yield Started("", "", "")
         parts: list[str] = []
         finish = ""
         sampling = replace(request.sampling, max_tokens=limit)
         tools = outcome.tool_style is not None  # a call starts with a control token the parser must see
-        for event in generate(model, tokens, sampling, request.stops, stop, control_tokens=tools):
+        for event in generate(model, tokens, sampling, request.stops, stop, control_tokens=tools, alongside=alongside):
             if isinstance(event, Token):
                 parts.append(event.text)
             elif isinstance(event, Done):
@@ -91,14 +95,15 @@ def text_work(session: Session, request: TextRequest, outcome: Outcome) -> Calla
 
 
 def generate(model: ChatModel, prompt: Sequence[int], sampling: Sampling, stops: Sequence[str],
-             stop: threading.Event, *, control_tokens: bool = False) -> Iterator[Event]:
+             stop: threading.Event, *, control_tokens: bool = False, alongside: bool = False) -> Iterator[Event]:
     """The reply to `prompt` as `Token`s, then `Usage` and `Done`; it ends at a stop string, at the
     token limit, or within one token of `stop` being set. With `control_tokens`, the model's control
-    tokens (but end-of-generation) are part of the text, as tool calls need."""
+    tokens (but end-of-generation) are part of the text, as tool calls need. With `alongside`, it is
+    written in a sequence of its own, sharing llama.cpp's steps with the others (continuous batching)."""
     stats = ReplyStats()
     scanner = StopScanner(stops)
     started = time.perf_counter()
-    pieces = model.stream(prompt, sampling, stop, stats, special=control_tokens)
+    pieces = model.stream(prompt, sampling, stop, stats, special=control_tokens, alongside=alongside)
     try:
         for piece in pieces:
             if text := scanner.feed(piece):

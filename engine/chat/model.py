@@ -23,6 +23,7 @@ class ChatModel(Protocol):
     path: Path
     device: str  # "CPU", or where on the GPU it runs
     notices: list[str]  # what the user must hear about how it was loaded (e.g. a CPU fallback)
+    parallel: int  # replies it may write alongside the chat's, each in a sequence of its own (0: none)
 
     @property
     def name(self) -> str: ...
@@ -51,9 +52,12 @@ class ChatModel(Protocol):
         ...
 
     def stream(self, prompt: Sequence[int], sampling: Sampling, stop: threading.Event | None = None,
-               stats: ReplyStats | None = None, *, special: bool = False) -> Iterator[str]:
+               stats: ReplyStats | None = None, *, special: bool = False, alongside: bool = False
+               ) -> Iterator[str]:
         """The reply's text piece by piece; setting `stop` ends it within one token. With `special`,
-        control tokens but end-of-generation are part of the text (tool calls are marked with them)."""
+        control tokens but end-of-generation are part of the text (tool calls are marked with them).
+        With `alongside` it is written in a sequence of its own, beside the chat's (see `parallel`),
+        whose cache it leaves as it is."""
         ...
 
     def complete_json(self, messages: Sequence[dict[str, str]], schema: dict[str, Any]) -> Any: ...
@@ -65,6 +69,11 @@ class ChatModel(Protocol):
     def close(self) -> None: ...
 
 
+# Changing one of these loads the model again; the others apply from the next turn.
+# So does turning the local API on or off, or changing its parallel requests (`reloads`).
+RELOADING_SETTINGS = ("chat_model", "context_size", "threads", "gpu_layers", "gpu_memory_budget_mb",
+                      "kv_cache_budget_mb")
+
 # How a Session loads a chat model: the file, and the settings that size it.
 ModelLoader = Callable[[Path, "Settings"], ChatModel]
 
@@ -74,4 +83,17 @@ def load_llama_model(path: Path, settings: Settings) -> ChatModel:
     from engine.runtime.chat_model import LlamaChatModel
 
     return LlamaChatModel(path, context_size=settings.context_size, threads=settings.threads or None,
-                          gpu_layers=settings.gpu_layers)
+                          gpu_layers=settings.gpu_layers, gpu_memory_budget_mb=settings.gpu_memory_budget_mb,
+                          parallel=api_sequences(settings))
+
+
+def api_sequences(settings: Settings) -> int:
+    """Sequences a model is loaded with for the local API's requests: none while the API is off,
+    as each holds a whole context's cache in memory."""
+    return settings.api_parallel if settings.api_enabled else 0
+
+
+def reloads(old: Settings, new: Settings) -> bool:
+    """Whether going from `old` to `new` loads the model again."""
+    return (any(getattr(old, name) != getattr(new, name) for name in RELOADING_SETTINGS)
+            or api_sequences(old) != api_sequences(new))

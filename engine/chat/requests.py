@@ -1,11 +1,16 @@
-"""Turns from every frontend, written one at a time by the one loaded model, in a fair order.
+"""Turns from every frontend, written by the one loaded model in a fair order, several at once when they can.
 
 A llama.cpp context belongs to one thread (docs/ARCHITECTURE.md, decision 2), but the window, the
 terminal and the local API may all want a reply at once. Each asks by submitting a turn; the
-thread that owns the model calls `step` to write the running turn a little further, starting
-the next one when it ends. The next turn comes from the frontend served least recently, so one
-frontend that sends many requests cannot starve another; within a frontend, first come first
-served.
+thread that owns the model calls `step`, which writes every running turn one event further in
+turn, and starts waiting turns between those rounds. The next turn comes from the frontend
+served least recently, so one frontend that sends many requests cannot starve another; within a
+frontend, first come first served.
+
+A turn starts beside the running ones only if it and all of them can share the model (`joins`:
+the local API's requests write in sequences of their own, engine.runtime.batch) and its `joins`
+says yes to them; otherwise it waits until they end, and the turns behind it wait too, so a turn
+that must run alone (one that loads another model) is never passed over for ever.
 
 A frontend on the model's own thread reads the events `step` returns. One on another thread
 (the API) reads its ticket's `events()`, which the queue fills as they happen.
@@ -18,7 +23,7 @@ import logging
 import queue
 import threading
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
 from engine.chat.assistant import Turn
@@ -29,6 +34,8 @@ from engine.paths import folders
 log = logging.getLogger(__name__)
 
 _ENDED = None  # put in a ticket's channel after its last event
+# Whether a waiting turn may start beside the running ones (given); asked on the model's thread.
+Joins = Callable[[Sequence["TurnTicket"]], bool]
 
 
 def _ended() -> Turn:
@@ -38,9 +45,12 @@ def _ended() -> Turn:
 class TurnTicket:
     """One frontend's turn: waiting for the model, being written, or ended."""
 
-    def __init__(self, frontend: str, conversation_id: str, start: Callable[[threading.Event], Turn]) -> None:
+    def __init__(self, frontend: str, conversation_id: str, start: Callable[[threading.Event], Turn],
+                 joins: Joins | None = None, *, alongside: bool = False) -> None:
         self.frontend = frontend
         self.conversation_id = conversation_id
+        self.joins = joins  # None: it runs alone
+        self.alongside = alongside  # it writes in a sequence of its own (not the chat's) when it runs beside others
         self.stop_requested = threading.Event()  # set from any thread; the turn ends within one token
         self.ended = threading.Event()
         self._start = start
@@ -87,16 +97,18 @@ class TurnQueue:
         self._work = threading.Condition(self._lock)
         self._waiting: dict[str, deque[TurnTicket]] = {}  # per frontend, in the order they were sent
         self._served: list[str] = []  # frontends, least recently served first
-        self._running: TurnTicket | None = None
+        self._running: list[TurnTicket] = []
         self.on_submitted: Callable[[], None] = lambda: None  # wakes the model's thread; called on the caller's
 
-    def submit(self, frontend: str, conversation_id: str, start: Callable[[threading.Event], Turn]) -> TurnTicket:
-        """Queue a turn; `start(stop)` makes its events on the model's thread when its time comes."""
+    def submit(self, frontend: str, conversation_id: str, start: Callable[[threading.Event], Turn],
+               joins: Joins | None = None, *, alongside: bool = False) -> TurnTicket:
+        """Queue a turn; `start(stop)` makes its events on the model's thread when its time comes
+        (beside the running turns when `joins` says so; see the module's comment)."""
         with self._lock:
             if self._count() >= self.limit:
                 raise Busy(f"{self.limit} replies are already waiting for the model.",
                            hint="Try again when some of them are written.")
-            ticket = TurnTicket(frontend, conversation_id, start)
+            ticket = TurnTicket(frontend, conversation_id, start, joins, alongside=alongside)
             self._waiting.setdefault(frontend, deque()).append(ticket)
             if frontend not in self._served:
                 self._served.append(frontend)
@@ -129,63 +141,78 @@ class TurnQueue:
     def wait_for_work(self, timeout: float) -> bool:
         """Block the model's thread until a turn is waiting (True) or `timeout` passes (False)."""
         with self._work:
-            return self._work.wait_for(lambda: self._running is not None or self._count() > 0, timeout)
+            return self._work.wait_for(lambda: bool(self._running) or self._count() > 0, timeout)
 
     def step(self, seconds: float, clock: Callable[[], float]) -> Step:
-        """On the model's thread: write turns for about `seconds` (at least one event), starting the
-        next turn when one ends. Every event also goes to its ticket's `events()`."""
+        """On the model's thread: write the running turns for about `seconds`, one event of each in
+        turn (at least one round), starting waiting turns between rounds. Every event also goes to
+        its ticket's `events()`."""
         deadline = clock() + seconds
         events: list[tuple[TurnTicket, Event]] = []
         ended: list[TurnTicket] = []
-        while (ticket := self._running or self._start_next()) is not None:
-            try:
-                event = None if ticket.stop_requested.is_set() and ticket._turn is None else ticket._next()
-            except Exception:  # a bug in the turn: it ends with the bug reported, and the next one runs
-                log.exception("a turn in conversation %s failed", ticket.conversation_id)
-                event = Failed(InternalError("Something went wrong inside Cleo while replying.",
-                                             hint=f"The details are in the log in {folders().logs}."))
-                ticket._turn = _ended()
-            if event is None:
-                self._end(ticket)
-                ended.append(ticket)
-            else:
-                ticket._channel.put(event)
-                events.append((ticket, event))
+        while running := self._admit():
+            for ticket in running:
+                event = self._advance(ticket)
+                if event is None:
+                    self._end(ticket)
+                    ended.append(ticket)
+                else:
+                    ticket._channel.put(event)
+                    events.append((ticket, event))
             if clock() >= deadline:
                 break
         return Step(tuple(events), tuple(ended))
 
+    @staticmethod
+    def _advance(ticket: TurnTicket) -> Event | None:
+        try:
+            return None if ticket.stop_requested.is_set() and ticket._turn is None else ticket._next()
+        except Exception:  # a bug in the turn: it ends with the bug reported, and the others go on
+            log.exception("a turn in conversation %s failed", ticket.conversation_id)
+            ticket._turn = _ended()
+            return Failed(InternalError("Something went wrong inside Cleo while replying.",
+                                        hint=f"The details are in the log in {folders().logs}."))
+
     def close(self) -> None:
-        """Stop every turn (the running one keeps its reply so far); for closing the profile."""
+        """Stop every turn (the running ones keep their replies so far); for closing the profile."""
         tickets = self._tickets()
         with self._lock:
             self._waiting.clear()
-            self._running = None
+            self._running = []
         for ticket in tickets:
             ticket.stop()
             ticket._close()
 
-    def _start_next(self) -> TurnTicket | None:
+    def _admit(self) -> list[TurnTicket]:
+        """Start the waiting turns that may start now, in the fair order; the running turns."""
         with self._lock:
-            for frontend in self._served:
-                if self._waiting.get(frontend):
-                    self._running = self._waiting[frontend].popleft()
-                    self._served.remove(frontend)
-                    self._served.append(frontend)  # served now: the others go first next time
-                    return self._running
-        return None
+            while (frontend := self._next_frontend()) is not None:
+                head = self._waiting[frontend][0]
+                alone = not self._running
+                if not alone and not (head.joins is not None and all(t.joins is not None for t in self._running)
+                                      and head.joins(tuple(self._running))):
+                    break
+                self._running.append(self._waiting[frontend].popleft())
+                self._served.remove(frontend)
+                self._served.append(frontend)  # served now: the others go first next time
+                if alone:  # it may load another model as it starts: the others are asked once it has
+                    break
+            return list(self._running)
+
+    def _next_frontend(self) -> str | None:
+        return next((frontend for frontend in self._served if self._waiting.get(frontend)), None)
 
     def _end(self, ticket: TurnTicket) -> None:
         with self._lock:
-            if self._running is ticket:
-                self._running = None
+            if ticket in self._running:
+                self._running.remove(ticket)
         ticket._close()
 
     def _tickets(self) -> list[TurnTicket]:
-        """The running turn, then the waiting ones."""
+        """The running turns, then the waiting ones."""
         with self._lock:
             waiting = list(itertools.chain.from_iterable(self._waiting.values()))
-            return [self._running, *waiting] if self._running is not None else waiting
+            return [*self._running, *waiting]
 
     def _count(self) -> int:
         return sum(len(waiting) for waiting in self._waiting.values())

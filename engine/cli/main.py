@@ -17,7 +17,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from engine.chat.requests import TurnTicket
-from engine.cli import memory_commands, model_commands, serve_command, transfer_commands
+from engine.cli import devices_command, memory_commands, model_commands, serve_command, transfer_commands
 from engine.cli.terminal_text import json_text, printable
 from engine.cli.typed_lines import TypedLines
 from engine.errors import InternalError, KnownError
@@ -54,6 +54,7 @@ def main(argv: list[str]) -> int:
     memory_commands.add_commands(commands)
     transfer_commands.add_commands(commands)
     serve_command.add_commands(commands)
+    devices_command.add_commands(commands)
     args = parser.parse_args(argv)
     _output_that_cannot_fail()
     try:
@@ -67,6 +68,8 @@ def main(argv: list[str]) -> int:
             return transfer_commands.run(args)
         if args.command == "serve":
             return serve_command.run(args, settings)
+        if args.command == "devices":
+            return devices_command.run(args)
         if args.command == "models":
             if args.models_command in model_commands.HUB_ACTIONS:
                 return model_commands.run_hub(args, settings)
@@ -89,7 +92,7 @@ def run_chat(settings: Settings, *, model_path: Path | None, once: str | None, a
         if once is not None:
             reply = _reply(session, session.send(conversation, once, frontend=FRONTEND), live=not as_json)
             if as_json:
-                print(json_text(reply.as_json(model)))
+                print(json_text({**reply.as_json(model), "placement": _placement(session)}))
             if isinstance(reply.error, InternalError):  # a bug, already logged with its traceback
                 print(printable(f"cleo: {reply.error.user_text()}"), file=sys.stderr)
                 return EXIT_BUG
@@ -114,6 +117,12 @@ def run_chat(settings: Settings, *, model_path: Path | None, once: str | None, a
                     print(printable(f"cleo: {reply.error.user_text()}"), file=sys.stderr)
     finally:
         session.close()
+
+
+def _placement(session: Session) -> dict[str, object] | None:
+    """Where the chat model's layers and experts run and why; None for a model that does not say."""
+    placement = getattr(session.assistant.model, "placement", None)
+    return placement.as_json() if placement is not None else None
 
 
 def _output_that_cannot_fail() -> None:

@@ -28,6 +28,15 @@ def add_commands(commands: Any) -> None:
     serve = commands.add_parser("serve", help="serve the local OpenAI-compatible API until Ctrl+C")
     serve.add_argument("--port", type=_port, help="the port (default: the setting api_port; 0 picks a free one)")
     serve.add_argument("--model", type=Path, help="a GGUF chat model (default: the one in the settings)")
+    serve.add_argument("--parallel", type=_parallel,
+                       help="requests written at the same time, 1-16 (default: the setting api_parallel)")
+
+
+def _parallel(text: str) -> int:
+    count = int(text)
+    if not 1 <= count <= 16:
+        raise argparse.ArgumentTypeError("from 1 to 16 requests at the same time")
+    return count
 
 
 def run(args: argparse.Namespace, settings: Settings) -> int:
@@ -36,6 +45,8 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     from engine.api.token import token_file
     from engine.session import open_session
 
+    # Served whatever the window's setting says, so the model gets the API's sequences.
+    settings = settings.updated(api_enabled=True, api_parallel=args.parallel or settings.api_parallel)
     session = open_session(settings, model_path=args.model)
     finished = threading.Event()
     previous = {number: signal.signal(number, lambda _signal, _frame: finished.set())

@@ -71,7 +71,8 @@ def check_fits(info: ModelInfo, context_size: int, available: int | None = None)
             f"{info.path.name} needs about {_gb(need.total)} of memory with a {context_size}-token context "
             f"({_gb(need.weights)} of weights, {_gb(need.kv_cache)} of context cache), "
             f"but only {_gb(free)} is free.",
-            hint="Close other programs, choose a smaller model or quantization, or lower the context size.",
+            hint="Close other programs, choose a smaller model or quantization, or lower the context size (with "
+                 "the local API on, every parallel request holds a context of its own).",
         )
     return need
 
@@ -97,7 +98,9 @@ class GpuPlan:
 def plan_gpu_layers(info: ModelInfo, context_size: int, requested: int, gpus: Sequence[Gpu]) -> GpuPlan:
     """Layers to offload: all when the GPU has room, else as many as fit, else none.
 
-    `requested` is the setting: -1 chooses, 0 means the CPU, N asks for N layers.
+    `requested` is the setting: -1 chooses, 0 means the CPU, N asks for N layers. A rough figure
+    from the file's size alone, for a model known by its metadata; a model about to be loaded is
+    placed from its tensor table instead (`engine.models.placement`, experts apart for MoE).
     """
     if requested == 0:
         return GpuPlan(0, "CPU")

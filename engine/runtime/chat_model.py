@@ -23,7 +23,9 @@ import numpy as np
 from engine.chat.kv_cache import KvSnapshot, common_prefix
 from engine.errors import ContextFull, GenerationFailed, ModelFileInvalid
 from engine.models.catalog import read_model_info
-from engine.models.fit import Gpu, check_fits, plan_gpu_layers
+from engine.models.fit import Gpu, check_fits
+from engine.models.placement import Placement, model_tensors, plan_placement
+from engine.runtime.batch import Batcher, Lane
 from engine.runtime.chat_template import ChatTemplate
 from engine.runtime.llama import default_threads, gpus, load_gguf, physical_cores
 from engine.runtime.sampling import Sampling, json_grammar, sampler_chain
@@ -33,9 +35,11 @@ _CHATML = (
     "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
     "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
 )
+# A copy of another sequence's cache costs a copy of a whole context's keys and values: fewer
+# shared tokens than this are read again instead.
+_WORTH_COPYING = 64
 _SAMPLE_CHAT = [{"role": "system", "content": "s"}, {"role": "user", "content": "u"},
                 {"role": "assistant", "content": "a"}, {"role": "user", "content": "u"}]
-_NO_ABORT = llama_cpp.ggml_abort_callback()  # a null callback: nothing to check
 
 
 @dataclass
@@ -65,41 +69,53 @@ class LlamaChatModel:
         gpu_layers: int = -1,
         gpus_found: Sequence[Gpu] | None = None,
         loader: Callable[..., llama_cpp.Llama] | None = None,
+        parallel: int = 0,
+        gpu_memory_budget_mb: int = 0,
     ) -> None:
         load = loader or load_gguf
         self.path = path
+        self.parallel = parallel  # replies that may be written alongside the chat's, each in its own sequence
         self.info = read_model_info(path)  # validates the header before llama.cpp sees the file
         template_source = self.info.chat_template or _CHATML
         # Render a small conversation now, so a template that fails does so before llama.cpp loads
         # the file rather than in the middle of a chat.
         ChatTemplate(template_source, origin=str(path)).render(_SAMPLE_CHAT, add_generation_prompt=True)
-        plan = plan_gpu_layers(self.info, context_size, gpu_layers, gpus() if gpus_found is None else gpus_found)
-        self.notices = [plan.notice] if plan.notice else []  # what the user must hear about this load
-        self.device = plan.device
-        if plan.layers == 0:
-            check_fits(self.info, context_size)
+        # Every sequence holds up to `context_size` tokens of its own.
+        cells = context_size * (parallel + 1)
+        self.placement = plan_placement(self.info, model_tensors(path), cells, requested=gpu_layers,
+                                        gpus=gpus() if gpus_found is None else gpus_found,
+                                        budget_mb=gpu_memory_budget_mb)
+        self.notices = [self.placement.notice] if self.placement.notice else []  # what the user must hear
+        self.device = self.placement.device
+        if self.placement.gpu_layers == 0:
+            check_fits(self.info, cells)
         # Generation leaves a core for the GUI; reading a prompt is short and uses every core.
         # A thread count the user (or a test) sets applies to both.
-        params = {"n_ctx": context_size, "n_threads": threads or default_threads(),
-                  "n_threads_batch": threads or physical_cores()}
+        params: dict[str, Any] = {"n_ctx": cells, "sequences": parallel + 1,
+                                  "n_threads": threads or default_threads(),
+                                  "n_threads_batch": threads or physical_cores()}
         try:
-            self._llm = load(path, n_gpu_layers=plan.layers, **params)
+            self._llm = load(path, n_gpu_layers=self.placement.gpu_layers, cpu_tensors=self.placement.cpu_tensors,
+                             **params)
         except ModelFileInvalid as exc:
-            if plan.layers == 0:
+            if self.placement.gpu_layers == 0:
                 raise
             # A failed GPU load (driver, memory) is retried on the CPU, and the user is told why.
-            check_fits(self.info, context_size)
+            check_fits(self.info, cells)
             self._llm = load(path, n_gpu_layers=0, **params)
-            self.device = "CPU"
             self.notices.append(f"{path.name} runs on the CPU, which is slower: loading it on the GPU failed. "
                                 f"{exc.message}")
+            self.placement = Placement(0, self.placement.layers, expert_layers=self.placement.expert_layers,
+                                       explanation=f"on the CPU: loading it on the GPU failed ({exc.message})")
+            self.device = self.placement.device
+        self._llm._batch.close()  # Llama's own batch (n_batch x n_ctx sequence ids) is never used here
         self._ctx = self._llm.ctx
         self._vocab = llama_cpp.llama_model_get_vocab(self._llm.model)
         self._memory = llama_cpp.llama_get_memory(self._ctx)
         self._n_vocab = int(self._llm.n_vocab())
-        self._cached: list[int] = []  # tokens whose keys and values are in the cache, from position 0
-        self._stop_prefill: threading.Event | None = None
-        self._abort = llama_cpp.ggml_abort_callback(self._should_abort)  # kept alive with the model
+        # Per sequence, the tokens whose keys and values are in its cache, from position 0.
+        self._sequences: list[list[int]] = [[] for _ in range(parallel + 1)]
+        self._batcher = Batcher(self._ctx, self._vocab, self._llm.n_batch, path.name)
         self._piece = ctypes.create_string_buffer(256)
         self._bos_text = self._token_text(self._llm.token_bos())
         self._eos_text = self._token_text(self._llm.token_eos())
@@ -108,7 +124,8 @@ class LlamaChatModel:
 
     @property
     def context_size(self) -> int:
-        return int(self._llm.n_ctx())
+        """Tokens one sequence holds: the longest prompt and reply together."""
+        return int(llama_cpp.llama_n_ctx_seq(self._ctx))
 
     @property
     def name(self) -> str:
@@ -121,7 +138,7 @@ class LlamaChatModel:
 
     @property
     def cached_tokens(self) -> tuple[int, ...]:
-        return tuple(self._cached)
+        return tuple(self._sequences[0])
 
     def tokenize(self, text: str, *, add_start: bool = True) -> list[int]:
         """Token ids of `text`, special tokens included, with the model's start token (if it uses
@@ -156,8 +173,12 @@ class LlamaChatModel:
     def next_token_logits(self, prompt: str) -> np.ndarray:
         """Logits over the vocabulary for the token after `prompt`, evaluated from scratch."""
         self.forget()
-        self._prefill(self.tokenize(prompt), None)
-        row = llama_cpp.llama_get_logits_ith(self._ctx, -1)
+        lane = self._join(self.tokenize(prompt), None, None, 0)
+        try:
+            self._batcher.read(lane)
+            row = llama_cpp.llama_get_logits_ith(self._ctx, lane.row)
+        finally:
+            self._batcher.leave(lane)
         return np.ctypeslib.as_array(row, shape=(self._n_vocab,)).copy()  # [n_vocab]
 
     def greedy_continuation(self, prompt: str, max_tokens: int) -> str:
@@ -196,6 +217,7 @@ class LlamaChatModel:
         stats: ReplyStats | None = None,
         *,
         special: bool = False,
+        alongside: bool = False,
     ) -> Iterator[str]:
         """Stream the text that follows `prompt`, reusing the cached tokens it starts with.
 
@@ -204,79 +226,76 @@ class LlamaChatModel:
         tokens are left out of the text, unless `special`: then all but end-of-generation (which
         ends the reply) are written as their text, e.g. the `[TOOL_CALLS]` or `<|python_tag|>` that
         starts a tool call, which a reader of the reply must see.
+
+        The reply goes in the chat's sequence, unless `alongside`: then it takes a free sequence
+        of its own (the one whose cache shares most with `prompt`) and the chat's cache stays as
+        it is. Replies streaming at the same time share each llama.cpp step (engine.runtime.batch).
         """
         stats = stats if stats is not None else ReplyStats()
         if len(prompt) >= self.context_size:
             raise ContextFull(f"The prompt has {len(prompt)} tokens; {self.path.name} reads at most "
                               f"{self.context_size}.", hint="Start a new chat or raise the context size.")
         stats.prompt_tokens = len(prompt)
-        stats.cached_tokens = self._prefill(prompt, stop)
-        if stats.cached_tokens < 0:
-            stats.cached_tokens, stats.finish_reason = 0, "stopped"
-            return
         chain = sampler_chain(sampling, self._n_vocab, self._vocab)
-        decoder = codecs.getincrementaldecoder("utf-8")("replace")
-        one = (llama_cpp.llama_token * 1)()
-        batch = llama_cpp.llama_batch_get_one(one, 1)
         try:
-            while True:
-                if stop is not None and stop.is_set():
-                    stats.finish_reason = "stopped"
-                    break
-                if stats.completion_tokens >= sampling.max_tokens or len(self._cached) >= self.context_size:
-                    stats.finish_reason = "length"
-                    break
-                token = llama_cpp.llama_sampler_sample(chain, self._ctx, -1)
-                if llama_cpp.llama_vocab_is_eog(self._vocab, token):
-                    stats.finish_reason = "stop"
-                    break
-                stats.completion_tokens += 1
+            lane = self._join(prompt, stop, chain, sampling.max_tokens, alongside=alongside)
+        except BaseException:
+            llama_cpp.llama_sampler_free(chain)
+            raise
+        stats.cached_tokens = len(lane.tokens)
+        decoder = codecs.getincrementaldecoder("utf-8")("replace")
+        try:
+            while (token := self._batcher.next_token(lane)) is not None:
                 text = decoder.decode(self._token_bytes(token, special))
                 if text:
                     yield text
-                one[0] = token
-                self._decode(batch, 1)
-                self._cached.append(token)
-            tail = decoder.decode(b"", final=True)
-            if tail:
+            if tail := decoder.decode(b"", final=True):
                 yield tail
         finally:
+            self._batcher.leave(lane)  # its tokens stay cached for the next prompt
             llama_cpp.llama_sampler_free(chain)
+            stats.completion_tokens = lane.written - len(lane.ready)  # those its reader took
+            stats.finish_reason = lane.finish or "stopped"
+            if lane.finish == "stopped" and not lane.written and lane.unread:
+                stats.cached_tokens = 0  # stopped while reading the prompt
 
-    def _prefill(self, prompt: Sequence[int], stop: threading.Event | None) -> int:
-        """Put `prompt` in the cache; the number of tokens reused, or -1 when `stop` interrupted."""
-        keep = min(common_prefix(self._cached, prompt), len(prompt) - 1)  # the last token is read again for its logits
-        self._forget_from(keep)
-        self._stop_prefill = stop
-        if stop is not None:
-            llama_cpp.llama_set_abort_callback(self._ctx, self._abort, None)
-        try:
-            n_batch = self._llm.n_batch
-            for start in range(keep, len(prompt), n_batch):
-                chunk = list(prompt[start:start + n_batch])
-                tokens = (llama_cpp.llama_token * len(chunk))(*chunk)
-                if not self._decode(llama_cpp.llama_batch_get_one(tokens, len(chunk)), len(chunk)):
-                    return -1
-                self._cached.extend(chunk)
-        finally:
-            if stop is not None:  # checked per graph node, so only while reading a prompt
-                llama_cpp.llama_set_abort_callback(self._ctx, _NO_ABORT, None)
-            self._stop_prefill = None
-        return keep
+    def _join(self, prompt: Sequence[int], stop: threading.Event | None, chain: Any, max_tokens: int, *,
+              alongside: bool = False) -> Lane:
+        """A lane for `prompt` in the chat's sequence, or (`alongside`) in a free one of the others,
+        holding the cached tokens it starts with; the rest of the cache of that sequence is dropped."""
+        sequence = self._free_sequence(prompt) if alongside else 0
+        if alongside:
+            self._share_prefix(sequence, prompt)
+        cached = self._sequences[sequence]
+        keep = min(common_prefix(cached, prompt), len(prompt) - 1)  # the last token is read again for its logits
+        self._forget_from(sequence, keep)
+        lane = Lane(sequence, self._sequences[sequence], list(prompt[keep:]), chain, stop, max_tokens,
+                    self.context_size)
+        return self._batcher.join(lane)
 
-    def _decode(self, batch: Any, n_tokens: int) -> bool:
-        """Run llama.cpp on `batch`; False when it was aborted by a stop request."""
-        status = llama_cpp.llama_decode(self._ctx, batch)
-        if status == 0:
-            return True
-        self._forget_from(len(self._cached))  # a failed or aborted batch may leave part of itself behind
-        if status == 2:
-            return False
-        raise GenerationFailed(f"llama.cpp could not process {n_tokens} tokens with {self.path.name} "
-                               f"(status {status}).", hint="Details are in the log file; try a new chat.")
+    def _share_prefix(self, sequence: int, prompt: Sequence[int]) -> None:
+        """Give `sequence` the cache of another one (busy or not) that starts as `prompt` does, such as
+        a system prompt many requests send, when that saves reading at least `_WORTH_COPYING` tokens."""
+        own = common_prefix(self._sequences[sequence], prompt)
+        source, shared = max(((s, common_prefix(tokens, prompt)) for s, tokens in enumerate(self._sequences)
+                              if s != sequence), key=lambda pair: pair[1])
+        shared = min(shared, len(prompt) - 1)
+        if shared - own < _WORTH_COPYING:
+            return
+        # Each sequence has a cache of its own, so llama.cpp copies all of it (-1, -1: it takes no part);
+        # `_join` then drops what follows the shared tokens.
+        llama_cpp.llama_memory_seq_rm(self._memory, sequence, -1, -1)
+        llama_cpp.llama_memory_seq_cp(self._memory, source, sequence, -1, -1)
+        self._sequences[sequence] = self._sequences[source][:shared]
 
-    def _should_abort(self, _data: ctypes.c_void_p) -> bool:
-        return self._stop_prefill is not None and self._stop_prefill.is_set()
+    def _free_sequence(self, prompt: Sequence[int]) -> int:
+        """The free sequence besides the chat's whose cache shares most with `prompt`."""
+        busy = self._batcher.busy_sequences
+        free = [s for s in range(1, len(self._sequences)) if s not in busy]
+        if not free:
+            raise GenerationFailed(f"All {self.parallel} sequences of {self.path.name} are writing replies.",
+                                   hint="Try again when one of them ends.")
+        return max(free, key=lambda s: common_prefix(self._sequences[s], prompt))
 
     def _token_bytes(self, token: int, special: bool = False) -> bytes:
         n = llama_cpp.llama_token_to_piece(self._vocab, token, self._piece, len(self._piece), 0, special)
@@ -285,16 +304,16 @@ class LlamaChatModel:
             n = llama_cpp.llama_token_to_piece(self._vocab, token, self._piece, len(self._piece), 0, special)
         return self._piece.raw[:n]
 
-    def _forget_from(self, position: int) -> None:
-        """Drop cached tokens (and anything a failed batch left behind) from `position` on."""
-        if not llama_cpp.llama_memory_seq_rm(self._memory, 0, position, -1):
-            llama_cpp.llama_memory_clear(self._memory, True)  # some caches only drop whole sequences
+    def _forget_from(self, sequence: int, position: int) -> None:
+        """Drop `sequence`'s cached tokens from `position` on."""
+        if not llama_cpp.llama_memory_seq_rm(self._memory, sequence, position, -1):
+            llama_cpp.llama_memory_seq_rm(self._memory, sequence, -1, -1)  # some caches only drop whole sequences
             position = 0
-        del self._cached[position:]
+        del self._sequences[sequence][position:]
 
     def forget(self) -> None:
-        """Empty the cache, so the next prompt is read from its start."""
-        self._forget_from(0)
+        """Empty the chat's cache, so the next prompt is read from its start."""
+        self._forget_from(0, 0)
 
     def snapshot(self) -> KvSnapshot:
         """A copy of the cache (tokens and their keys and values) that `restore` puts back."""
@@ -303,7 +322,7 @@ class LlamaChatModel:
         view = (ctypes.c_uint8 * size).from_buffer(data)
         written = llama_cpp.llama_state_seq_get_data(self._ctx, view, size, 0)
         del view  # release the export so the bytearray can be frozen
-        return KvSnapshot(tokens=tuple(self._cached), data=bytes(data[:written]))
+        return KvSnapshot(tokens=tuple(self._sequences[0]), data=bytes(data[:written]))
 
     def restore(self, snapshot: KvSnapshot) -> bool:
         """Replace the cache with `snapshot`; False (and an empty cache) if llama.cpp refuses it."""
@@ -312,8 +331,9 @@ class LlamaChatModel:
         if llama_cpp.llama_state_seq_set_data(self._ctx, buffer, len(snapshot.data), 0) == 0:
             self.forget()
             return False
-        self._cached = list(snapshot.tokens)
+        self._sequences[0] = list(snapshot.tokens)
         return True
 
     def close(self) -> None:
+        self._batcher.close()
         self._llm.close()

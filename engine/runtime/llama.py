@@ -4,7 +4,9 @@
 the instruction sets llama.cpp was compiled for, routes llama.cpp's own log to Python logging
 (logger `llama.cpp`, never the user's terminal) and turns a failed load into `ModelFileInvalid`.
 It also answers what a load is planned from: the GPUs this build can offload to (`gpus`) and how
-many threads to use (`physical_cores`, `default_threads`).
+many threads to use (`physical_cores`, `default_threads`). What `Llama` takes no parameter for
+(several sequences, tensors kept in CPU memory by name) is given to it through llama.cpp's
+defaults while it is made.
 """
 
 from __future__ import annotations
@@ -14,6 +16,8 @@ import logging
 import os
 import sys
 import threading
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +34,7 @@ log = logging.getLogger("llama.cpp")
 _GGML_LEVELS = {1: logging.DEBUG, 2: logging.INFO, 3: logging.WARNING, 4: logging.ERROR}
 # enum ggml_backend_dev_type: CPU, GPU, IGPU (integrated, host memory), ACCEL, META
 _DEVICE_GPU, _DEVICE_IGPU = 1, 2
+_DEVICE_CPU = 0
 
 
 def physical_cores() -> int:
@@ -96,10 +101,13 @@ def check_processor(has: dict[str, bool] | None = None) -> None:
                  f"llama-cpp-python=={llama_cpp.__version__} (see the README).")
 
 
-def load_gguf(path: Path, **params: Any) -> llama_cpp.Llama:
+def load_gguf(path: Path, *, sequences: int = 1, cpu_tensors: Sequence[str] = (), **params: Any) -> llama_cpp.Llama:
     """`path` loaded by llama.cpp with `params` (`n_ctx`, `n_gpu_layers`, `embedding`, ...).
 
-    The `Llama` it returns is not thread-safe: it belongs to the thread that loads it.
+    With `sequences` > 1 the context holds that many sequences, each with `n_ctx / sequences`
+    positions of its own cache (engine.runtime.batch writes them at once). Tensors whose names
+    match a pattern of `cpu_tensors` (regular expressions, searched) stay in CPU memory whatever
+    `n_gpu_layers` says. The `Llama` it returns is not thread-safe: it belongs to the thread that loads it.
     """
     _route_logs_to_python()
     global _processor_checked
@@ -107,7 +115,10 @@ def load_gguf(path: Path, **params: Any) -> llama_cpp.Llama:
         check_processor()
         _processor_checked = True
     try:
-        return llama_cpp.Llama(model_path=str(path), verbose=False, **params)
+        with _context_params(sequences), _tensors_on_cpu(cpu_tensors):
+            llm = llama_cpp.Llama(model_path=str(path), verbose=False, **params)
+        llm.model_params.tensor_buft_overrides = None  # read during the load only; its array is gone now
+        return llm
     except ValueError as exc:
         raise ModelFileInvalid(
             f"llama.cpp could not load {path} ({exc}).",
@@ -116,6 +127,81 @@ def load_gguf(path: Path, **params: Any) -> llama_cpp.Llama:
         ) from exc
 
 
+@contextmanager
+def _context_params(sequences: int) -> Iterator[None]:
+    """`Llama` takes no sequence count for a chat model (only embedding models get several), so its
+    context defaults are given one while it is made. Separate caches per sequence: a shared one
+    would make every sequence's attention read every other sequence's tokens."""
+    if sequences <= 1:
+        yield
+        return
+    default = llama_cpp.llama_cpp.llama_context_default_params
+
+    def with_sequences() -> Any:
+        params = default()
+        params.n_seq_max = sequences
+        params.kv_unified = False
+        return params
+
+    with _params_lock:
+        setattr(llama_cpp.llama_cpp, "llama_context_default_params", with_sequences)  # noqa: B010
+        try:
+            yield
+        finally:
+            setattr(llama_cpp.llama_cpp, "llama_context_default_params", default)  # noqa: B010
+
+
+class _TensorOverride(ctypes.Structure):
+    """llama.cpp's `llama_model_tensor_buft_override`: tensors matching `pattern` go to buffer type `buft`."""
+
+    _fields_ = [("pattern", ctypes.c_char_p), ("buft", ctypes.c_void_p)]
+
+
+@contextmanager
+def _tensors_on_cpu(patterns: Sequence[str]) -> Iterator[None]:
+    """`Llama` takes no tensor buffer-type overrides, so its model defaults are given them while it
+    is made: every pattern maps to the CPU's buffer type (what llama.cpp's `-ot PATTERN=CPU` does).
+    The array and its patterns live until the load is over; llama.cpp reads them only then."""
+    if not patterns:
+        yield
+        return
+    overrides = (_TensorOverride * (len(patterns) + 1))()  # the last one, all zeros, ends the list
+    cpu = cpu_buffer_type()
+    kept = [pattern.encode("utf-8") for pattern in patterns]  # the array points into these bytes
+    for override, pattern in zip(overrides, kept, strict=False):
+        override.pattern, override.buft = pattern, cpu
+    default = llama_cpp.llama_cpp.llama_model_default_params
+
+    def with_overrides() -> Any:
+        params = default()
+        params.tensor_buft_overrides = ctypes.addressof(overrides)
+        return params
+
+    with _model_params_lock:
+        setattr(llama_cpp.llama_cpp, "llama_model_default_params", with_overrides)  # noqa: B010
+        try:
+            yield
+        finally:
+            setattr(llama_cpp.llama_cpp, "llama_model_default_params", default)  # noqa: B010
+
+
+def cpu_buffer_type() -> int:
+    """ggml's buffer type for CPU memory, from the CPU device (the one backend every build has loaded)."""
+    lib = _ggml.libggml
+    lib.ggml_backend_dev_by_type.argtypes = [ctypes.c_int]
+    lib.ggml_backend_dev_by_type.restype = ctypes.c_void_p
+    lib.ggml_backend_dev_buffer_type.argtypes = [ctypes.c_void_p]
+    lib.ggml_backend_dev_buffer_type.restype = ctypes.c_void_p
+    device = lib.ggml_backend_dev_by_type(_DEVICE_CPU)
+    buffer_type = lib.ggml_backend_dev_buffer_type(device) if device else None
+    if not buffer_type:
+        raise ModelFileInvalid("llama.cpp has no CPU device loaded, so no model can be loaded.",
+                               hint="Reinstall Cleo; details are in the log file.")
+    return int(buffer_type)
+
+
+_params_lock = threading.Lock()
+_model_params_lock = threading.Lock()  # apart from `_params_lock`: a load holds both
 _processor_checked = False
 _log_callback: Any = None
 _log_lock = threading.Lock()

@@ -255,3 +255,20 @@ def test_without_a_display_cleo_says_so_instead_of_crashing(tmp_path: Path) -> N
     assert result.returncode == 2, result.stderr
     assert "could not open its window" in result.stderr and "DISPLAY=:77" in result.stderr
     assert "could not connect to display :77" in result.stderr and "cleo chat" in result.stderr
+
+
+def test_a_model_folder_is_added_while_a_reply_streams_and_other_settings_wait(
+        qtbot: QtBot, open_window: OpenWindow, tmp_path: Path) -> None:
+    window = open_window(FAST.updated(max_tokens=400))
+    send(qtbot, window, "Write a long story about a lighthouse keeper.", wait=False)
+    qtbot.waitUntil(lambda: len(window.chat.streaming_text) > 10, timeout=30_000)
+    errors: list[object] = []
+    window.controller.worker.request_failed.connect(errors.append)
+    folder = str(tmp_path / "downloads")
+    window.controller.apply_settings(window.settings.updated(model_folders=(*window.settings.model_folders, folder)))
+    qtbot.waitUntil(lambda: folder in window.settings.model_folders, timeout=10_000)
+    window.controller.apply_settings(window.settings.updated(temperature=0.1))
+    qtbot.waitUntil(lambda: bool(errors), timeout=10_000)
+    assert "still writing" in str(errors[0]) and window.settings.temperature != 0.1
+    qtbot.keyClick(window.composer, Qt.Key.Key_Escape)
+    idle(qtbot, window)

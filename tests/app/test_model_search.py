@@ -11,8 +11,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
-from PySide6.QtCore import QTimer, QUrl
-from PySide6.QtWidgets import QTableWidget, QTableWidgetItem
+from PySide6.QtCore import Qt, QTimer, QUrl
+from PySide6.QtWidgets import QFileDialog, QTableWidget, QTableWidgetItem
 from pytestqt.qtbot import QtBot
 
 from app.model_search import HubBrowser
@@ -150,6 +150,24 @@ def test_a_files_header_facts_and_fit_show_before_downloading(qtbot: QtBot, mana
     assert not (folders().models / "tiny-moe-F32.gguf").exists()
 
 
+def test_a_repository_of_thousands_of_files_is_listed_while_the_window_keeps_ticking(
+        qtbot: QtBot, manager: ModelsDialog, hub: FakeHub) -> None:
+    names = [f"shard-{i:04d}-Q4_K_M.gguf" for i in range(8000)]
+    hub.add_repo("wide/Thousands-GGUF", dict.fromkeys(names, b"GGUF"))
+    browser = manager.browser
+    search_for(qtbot, browser, "thousands")
+    arrived: list[float] = []  # when the list was fetched: from then on, only the window is at work
+    browser.work.finished.connect(lambda _kind, _answer: arrived.append(time.perf_counter()),
+                                  Qt.ConnectionType.DirectConnection)
+    ticks = Ticks()
+    choose_repo(qtbot, browser, "wide/Thousands-GGUF")
+    qtbot.waitUntil(lambda: browser.files.item(len(names) - 1, 0) is not None, timeout=30_000)
+    ticks.timer.stop()
+    assert column(browser, "files", 0) == names
+    stopped = ticks.worst_after(arrived[0])
+    assert stopped < 0.1, f"the window stopped for {stopped * 1000:.0f} ms"  # ~0.3 s when filled in one go
+
+
 def test_downloads_queue_show_progress_and_cancel(qtbot: QtBot, manager: ModelsDialog, hub: FakeHub) -> None:
     browser, downloads = manager.browser, manager.browser.download_list
     search_for(qtbot, browser, "tiny")
@@ -189,6 +207,42 @@ def test_a_downloaded_model_is_in_the_local_list_at_once(qtbot: QtBot, open_wind
     qtbot.waitUntil(lambda: "tiny-moe-F32.gguf" in [m.path.name for m in dialog.models], timeout=30_000)
     row = [m.path.name for m in dialog.models].index("tiny-moe-F32.gguf")
     assert cell(dialog.table, row, 2).text() == "2 of 8"  # the local list's experts column
+
+
+def test_a_download_goes_to_the_folder_the_user_picks_and_is_listed_at_once(
+        qtbot: QtBot, open_window: OpenWindow, hub: FakeHub, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    picked = tmp_path / "my models"
+    picked.mkdir()
+    asked: list[str] = []
+
+    def choose(_parent: object, _title: str, start: str) -> str:
+        asked.append(start)
+        return str(picked)
+
+    monkeypatch.setattr(QFileDialog, "getExistingDirectory", choose)
+    window = open_window(FAST.updated(hub_url=hub.url))
+    window.open_models()
+    dialog = window.models_dialog
+    assert dialog is not None
+    browser = dialog.browser
+    assert browser.save_to.text() == f"Save to: {folders().models}"  # Cleo's models folder until one is chosen
+    browser.change_folder_button.click()
+    assert asked == [str(folders().models)] and browser.save_to.text() == f"Save to: {picked}"
+    search_for(qtbot, browser, "tiny")
+    choose_repo(qtbot, browser, MOE_REPO)
+    choose_file(qtbot, browser, "tiny-moe-F32.gguf")
+    browser.download_button.click()
+    qtbot.waitUntil(lambda: "tiny-moe-F32.gguf" in [m.path.name for m in dialog.models], timeout=30_000)
+    listed = next(m.path for m in dialog.models if m.path.name == "tiny-moe-F32.gguf")
+    assert listed == picked / "tiny-moe-F32.gguf" and listed.is_file()
+    assert not (folders().models / "tiny-moe-F32.gguf").exists()
+    assert str(picked) in window.settings.model_folders  # listed from now on, as a folder added by hand
+
+    dialog.close()  # the choice holds while Cleo runs: the manager opens again with it
+    window.open_models()
+    assert window.models_dialog is dialog and browser.save_to.text() == f"Save to: {picked}"
+    browser.change_folder_button.click()
+    assert asked[-1] == str(picked)
 
 
 def test_offline_and_rate_limits_are_one_line_and_the_rest_keeps_working(qtbot: QtBot, hub: FakeHub,
@@ -279,6 +333,7 @@ class Ticks:
 
     def __init__(self) -> None:
         self.count, self.worst, self._last = 0, 0.0, time.perf_counter()
+        self.gaps: list[tuple[float, float]] = []  # (from, to) of every gap
         self.timer = QTimer()
         self.timer.timeout.connect(self.tick)
         self.timer.start(10)
@@ -286,7 +341,12 @@ class Ticks:
     def tick(self) -> None:
         now = time.perf_counter()
         self.count += 1
+        self.gaps.append((self._last, now))
         self.worst, self._last = max(self.worst, now - self._last), now
+
+    def worst_after(self, moment: float) -> float:
+        """The longest gap that ended after `moment`."""
+        return max((end - start for start, end in self.gaps if end > moment), default=0.0)
 
 
 def test_the_window_keeps_ticking_while_the_hub_stalls_and_closing_cancels(qtbot: QtBot, hub: FakeHub,

@@ -15,10 +15,13 @@ from pathlib import Path
 
 import pytest
 
-from engine.chat.model import ChatModel
+from engine.chat.assistant import Turn
+from engine.chat.model import ChatModel, api_sequences
+from engine.chat.requests import TurnTicket
 from engine.errors import Busy, ModelFileInvalid, ModelMissing
 from engine.events import Done, Event, Failed, Started, Token
 from engine.profile import open_profile
+from engine.runtime.sampling import Sampling
 from engine.session import Session, open_session
 from engine.settings import Settings, load_settings
 from tests.helpers.models import write_tiny_gguf
@@ -38,7 +41,7 @@ class Loader:
         if self.fail_on and path.name == self.fail_on:
             raise ModelFileInvalid(f"{path} is damaged.")
         self.loaded.append(path)
-        return ScriptedChatModel(path=path, fallback=f"Written by {path.stem}.")
+        return ScriptedChatModel(path=path, fallback=f"Written by {path.stem}.", parallel=api_sequences(settings))
 
 
 @pytest.fixture
@@ -145,13 +148,18 @@ def test_while_another_frontend_is_answered_settings_change_but_the_model_is_not
     loader = Loader()
     session = open_one(loader=loader)
     writing = session.send("", "Hello", frontend="api")
-    cooler = session.apply_settings(session.settings.updated(temperature=0.2, api_enabled=True))
-    assert cooler.settings is not None and cooler.settings.api_enabled and session.assistant.settings.temperature == 0.2
-    with pytest.raises(Busy, match="still writing"):
-        session.apply_settings(session.settings.updated(context_size=8192))
-    assert len(loader.loaded) == 1 and session.settings.context_size != 8192
+    cooler = session.apply_settings(session.settings.updated(temperature=0.2, api_save_chats=True))
+    assert cooler.settings is not None and cooler.settings.api_save_chats
+    assert session.assistant.settings.temperature == 0.2
+    for reloading in ({"context_size": 8192}, {"api_enabled": True}):  # the API's sequences need a new context
+        with pytest.raises(Busy, match="still writing"):
+            session.apply_settings(session.settings.updated(**reloading))
+    assert len(loader.loaded) == 1 and session.settings.context_size != 8192 and not session.settings.api_enabled
     list(session.run(writing))
     assert session.apply_settings(session.settings.updated(context_size=8192)).model is not None
+    assert session.apply_settings(session.settings.updated(api_enabled=True, api_parallel=3)).model is not None
+    assert session.assistant.model.parallel == 3 and len(loader.loaded) == 3
+    assert session.apply_settings(session.settings.updated(api_port=9000)).model is None  # the API's own: no reload
 
 
 def test_a_chat_with_its_own_model_loads_it_for_its_turns_and_the_others_keep_theirs(
@@ -275,3 +283,54 @@ def test_a_chat_is_renamed_pinned_and_archived_in_the_sidebar(open_one: Callable
     assert refresh.conversations is not None
     [shown] = refresh.conversations
     assert (shown.title, shown.pinned, shown.archived) == ("Greetings", True, True)
+
+
+def _request(words: int) -> Callable[[ChatModel, threading.Event], Turn]:
+    """An API-like request: a reply of `words` words written beside the chat's."""
+    def work(model: ChatModel, stop: threading.Event) -> Turn:
+        prompt = model.tokenize("hello")
+        yield from (Token(text) for text in model.stream(prompt, Sampling(max_tokens=words), stop, alongside=True))
+        yield Done("", "stop")
+    return work
+
+
+def _order(session: Session, tickets: list[TurnTicket]) -> list[tuple[int, str]]:
+    """(ticket index, event type) in the order the session wrote them."""
+    written: list[tuple[int, str]] = []
+    while session.turns.busy():
+        written += [(tickets.index(t), type(e).__name__) for t, e in session.step(0.0).events]
+    return written
+
+
+def test_requests_and_the_chat_are_written_side_by_side_when_the_model_has_sequences(
+        open_one: Callable[..., Session]) -> None:
+    session = open_one(SETTINGS.updated(api_enabled=True, api_parallel=2))
+    assert session.assistant.model.parallel == 2
+    tickets = [session.submit_request("api", "", _request(30)) for _ in range(3)]
+    tickets.append(session.send("", "Hello"))
+    order = _order(session, tickets)
+    first_token = {i: order.index((i, "Token")) for i in range(4)}
+    done = {i: order.index((i, "Done")) for i in range(4)}
+    # two requests (the model's sequences) and the chat at once; the third request waits for room
+    assert max(first_token[0], first_token[1], first_token[3]) < min(done[0], done[1], done[3])
+    assert first_token[2] > min(done[0], done[1])
+    assert "".join(e.text for e in session.run(session.send(tickets[3].conversation_id, "Again"))
+                   if isinstance(e, Token)) == "Written by first."
+
+
+def test_a_turn_for_another_model_waits_for_the_others(
+        open_one: Callable[..., Session], models: tuple[Path, Path]) -> None:
+    session = open_one(SETTINGS.updated(api_enabled=True, api_parallel=2))
+    elsewhere = session.new_chat()
+    session.use_model_in_chat(elsewhere, str(models[1]))  # loads it now
+    tickets = [session.submit_request("api", "", _request(5), model_path=models[0]), session.send(elsewhere, "Hello")]
+    order = _order(session, tickets)
+    assert order.index((1, "Started")) > order.index((0, "Done"))  # it loads its model when the request ended
+
+
+def test_without_the_api_requests_are_written_one_after_the_other(open_one: Callable[..., Session]) -> None:
+    alone = open_one(SETTINGS)  # the API is off: the model has no sequences for requests
+    assert alone.assistant.model.parallel == 0
+    tickets = [alone.submit_request("api", "", _request(5)), alone.submit_request("api", "", _request(5))]
+    order = _order(alone, tickets)
+    assert order.index((1, "Token")) > order.index((0, "Done"))

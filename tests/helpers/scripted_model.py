@@ -25,12 +25,15 @@ class ScriptedChatModel:
     `prompts` records every prompt as text, so a test can check what the model was asked (tools
     offered appear as `<tools> name ...`, calls made as `<call> name arguments`). `chat_template` is
     the template source it says it has, which decides whether it takes tools (none by default).
+    `parallel` is how many replies it says it writes beside the chat's; a reply written `alongside`
+    leaves the chat's cache as it is.
     """
 
     def __init__(self, replies: Iterable[str] = (), *, path: Path = Path("scripted.gguf"), fallback: str = "Noted.",
                  context_size: int = 4096, json_answers: Iterable[Any] = (), release: threading.Event | None = None,
-                 chat_template: str = "") -> None:
+                 chat_template: str = "", parallel: int = 0) -> None:
         self.path = path
+        self.parallel = parallel
         self.chat_template = chat_template
         self.device = "CPU"
         self.notices: list[str] = []
@@ -74,12 +77,14 @@ class ScriptedChatModel:
         return self.tokenize(text + " <assistant>")
 
     def stream(self, prompt: Sequence[int], sampling: Sampling, stop: threading.Event | None = None,
-               stats: ReplyStats | None = None, *, special: bool = False) -> Iterator[str]:
+               stats: ReplyStats | None = None, *, special: bool = False, alongside: bool = False
+               ) -> Iterator[str]:
         stats = stats if stats is not None else ReplyStats()
         self.asked_for_control_tokens.append(special)
         self.prompts.append(self.detokenize(prompt))
-        stats.prompt_tokens, stats.cached_tokens = len(prompt), common_prefix(self._cached, prompt)
-        self._cached = list(prompt)
+        cache = [] if alongside else self._cached  # a list of its own, dropped at the end
+        stats.prompt_tokens, stats.cached_tokens = len(prompt), common_prefix(cache, prompt)
+        cache[:] = prompt
         words = (self.replies.pop(0) if self.replies else self.fallback).split()
         for number, word in enumerate(words):
             if self.release is not None:
@@ -91,7 +96,7 @@ class ScriptedChatModel:
                 stats.finish_reason = "length"
                 return
             stats.completion_tokens += 1
-            self._cached += self.tokenize(word)
+            cache += self.tokenize(word)
             yield word if number == 0 else f" {word}"
         stats.finish_reason = "stop"
 

@@ -67,7 +67,7 @@ class Served:
         def work(_model: Any, _stop: threading.Event) -> Any:
             result.append(action(self.session))  # type: ignore[arg-type]
             yield from ()
-        ticket = self.session.submit_request("test", "", work)
+        ticket = self.session.submit_request("test", "", work, generates=False)
         assert ticket.ended.wait(30)
         return result[0]
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import base64
 import json
+import threading
+import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -19,7 +21,8 @@ from engine.settings import Settings
 from tests.engine.api.serving import Served
 from tests.helpers.models import DefaultModels
 
-SETTINGS = Settings(threads=1, context_size=2048)
+# As `cleo serve` runs: the API on, with sequences of its own for four requests at once.
+SETTINGS = Settings(threads=1, context_size=2048, api_enabled=True, api_parallel=4)
 GREEDY: dict[str, Any] = {"model": "cleo", "temperature": 0}
 ASK = [{"role": "user", "content": "Name three colours of the rainbow."}]
 # The openai client, typed loosely: its typed overloads take no `**GREEDY` and no plain dict messages.
@@ -135,17 +138,38 @@ def test_embeddings_put_related_sentences_closer(client: Client) -> None:
     assert np.allclose(decoded, vectors[0], atol=1e-4)
 
 
-def test_eight_parallel_requests_each_get_what_they_get_alone(client: Client) -> None:
-    questions = [f"Say something about the number {n}." for n in range(8)]
+def test_eight_parallel_requests_each_get_what_they_get_alone_written_side_by_side(client: Client) -> None:
+    # Each begins with a word of its own, so a request reuses no more of a sequence's cache than the
+    # chat template's start, whichever sequence it gets: alone and together read the same tokens of
+    # their prompts (llama.cpp's rounding, and so a greedy reply, depends on how a prompt is cut).
+    questions = ["Tell me about the number 0.", "Describe the number 1.", "Explain the number 2.",
+                 "Write about the number 3.", "Say something about the number 4.", "Give a fact about the number 5.",
+                 "What is special about the number 6?", "Why do people like the number 7?"]
+    warm_up = ["Hello.", "Good morning.", "Hi there.", "Greetings!"] * 2  # words none of them begins with
 
-    def ask(question: str) -> str:
-        return client.chat.completions.create(messages=[{"role": "user", "content": question}], max_tokens=16,
-                                              **GREEDY).choices[0].message.content or ""
-    alone = [ask(q) for q in questions]
-    with ThreadPoolExecutor(8) as pool:
-        together = list(pool.map(ask, questions))
-    assert together == alone
+    def ask(question: str, start: threading.Barrier | None = None) -> tuple[str, float, float]:
+        """The streamed reply, when its first piece came and when it ended."""
+        if start is not None:
+            start.wait()
+        pieces, first = [], 0.0
+        for chunk in client.chat.completions.create(messages=[{"role": "user", "content": question}],
+                                                    max_tokens=32, stream=True, **GREEDY):
+            if chunk.choices and chunk.choices[0].delta.content:
+                first = first or time.monotonic()
+                pieces.append(chunk.choices[0].delta.content)
+        return "".join(pieces), first, time.monotonic()
+    def all_at_once(asked: list[str]) -> list[tuple[str, float, float]]:
+        start = threading.Barrier(8)
+        with ThreadPoolExecutor(8) as pool:
+            return list(pool.map(lambda q: ask(q, start), asked))
+    all_at_once(warm_up)  # every sequence now holds a chat that starts as these do
+    alone = [ask(q)[0] for q in questions]
+    together = all_at_once(questions)
+    assert [text for text, _, _ in together] == alone
     assert all(alone)
+    # Four sequences: at some moment four replies were being written at once, not one after another.
+    most = max(sum(first <= moment < end for _, first, end in together) for _, moment, _ in together)
+    assert most >= 4, together
 
 
 def test_a_request_between_two_turns_of_the_open_chat_leaves_the_chat_its_cache(
@@ -166,4 +190,33 @@ def test_a_request_between_two_turns_of_the_open_chat_leaves_the_chat_its_cache(
         served.openai().chat.completions.create(messages=[{"role": "user", "content": "Write a line about the sea."}],
                                                 max_tokens=8, **GREEDY)
         _, usage = turn(chat, "And of Italy?")
+        assert usage.prompt_tokens - usage.cached_tokens < 20, usage  # only the new message is read
+
+
+def test_the_chat_is_written_beside_a_long_request_and_keeps_its_cache(
+        default_models: DefaultModels, cleo_home: Path) -> None:
+    """With the API on, the window's chat does not wait for a request to end, and neither the request
+    nor the chat's turn makes the chat read its whole prompt again."""
+    default_models.copy_home_to(cleo_home)
+    settings = Settings(threads=1, context_size=2048, temperature=0.0, max_tokens=24, api_enabled=True,
+                        api_parallel=2)
+    with Served(lambda: open_session(settings, model_path=default_models.chat), settings) as served:
+        assert served.session is not None
+
+        def turn(chat: str, text: str) -> tuple[str, Usage]:
+            ticket = served.on_session_thread(lambda session: session.send(chat, text, show=True))
+            events = list(ticket.events(timeout=300))
+            return ticket.conversation_id, next(e for e in events if isinstance(e, Usage))
+
+        chat, _ = turn("", "What is the capital of France?")
+        stream = served.openai().chat.completions.create(
+            messages=[{"role": "user", "content": "Write a long story about the sea."}], max_tokens=400,
+            stream=True, stream_options={"include_usage": True}, **GREEDY)
+        chunks = iter(stream)
+        next(chunks)  # the request is being written
+        _, usage = turn(chat, "And of Italy?")
+        assert served.session.turns.busy("api")  # the chat's reply ended while the request is being written
+        rest = list(chunks)
+        assert rest[-1].usage is not None and rest[-1].usage.completion_tokens == 400
+        assert sum(1 for c in rest if c.choices and c.choices[0].delta.content) > 100
         assert usage.prompt_tokens - usage.cached_tokens < 20, usage  # only the new message is read

@@ -33,8 +33,9 @@ class SlowModel(ScriptedChatModel):
         self.written = 0
 
     def stream(self, prompt: Sequence[int], sampling: Sampling, stop: threading.Event | None = None,
-               stats: ReplyStats | None = None, *, special: bool = False) -> Iterator[str]:
-        for piece in super().stream(prompt, sampling, stop, stats, special=special):
+               stats: ReplyStats | None = None, *, special: bool = False, alongside: bool = False
+               ) -> Iterator[str]:
+        for piece in super().stream(prompt, sampling, stop, stats, special=special, alongside=alongside):
             time.sleep(0.01)
             self.written += 1
             yield piece

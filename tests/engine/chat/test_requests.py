@@ -132,3 +132,39 @@ def test_stopping_a_frontend_stops_its_turns_and_no_one_elses() -> None:
     done = {e.message_id: e.finish_reason for _, e in run_all(turns) if isinstance(e, Done)}
     assert done == {"window": "stopped", "api": "stop"}  # the queued one never started
     assert queued.ended.is_set() and window.ended.is_set() and api.ended.is_set()
+
+
+def test_turns_that_can_share_the_model_are_written_side_by_side() -> None:
+    turns = TurnQueue()
+    for name in ("a", "b", "c"):
+        turns.submit("api", name, words(name, count=2), lambda running: True)
+    texts = [e.text for _, e in run_all(turns) if isinstance(e, Token)]
+    # a runs alone until it has started (it might load another model); then b and c join it
+    assert texts == ["a.0", "a.1", "b.0", "c.0", "b.1", "c.1"]
+
+
+def test_a_turn_joins_only_while_its_rule_allows_and_waits_for_room() -> None:
+    turns = TurnQueue()
+    for name in ("a", "b", "c"):
+        turns.submit("api", name, words(name, count=2), lambda running: len(running) < 2)
+    texts = [e.text for _, e in run_all(turns) if isinstance(e, Token)]
+    # b joins a; c waits until a ends (a writes its Done beside b.1), then joins b
+    assert texts == ["a.0", "a.1", "b.0", "b.1", "c.0", "c.1"]
+
+
+def test_a_turn_that_must_run_alone_waits_for_the_others_and_holds_back_those_behind_it() -> None:
+    turns = TurnQueue()
+    turns.submit("api", "a", words("a", count=3), lambda running: True)
+    turns.submit("api", "alone", words("alone", count=2))  # e.g. a request for another model
+    turns.submit("api", "b", words("b", count=2), lambda running: True)
+    texts = [e.text for _, e in run_all(turns) if isinstance(e, Token)]
+    # b could join a, but it came after the one that runs alone: no one passes it by
+    assert texts == ["a.0", "a.1", "a.2", "alone.0", "alone.1", "b.0", "b.1"]
+
+
+def test_a_turn_running_alone_is_joined_by_no_one() -> None:
+    turns = TurnQueue()
+    turns.submit("window", "w", words("w", count=2))
+    turns.submit("api", "a", words("a", count=2), lambda running: True)
+    texts = [e.text for _, e in run_all(turns) if isinstance(e, Token)]
+    assert texts == ["w.0", "w.1", "a.0", "a.1"]

@@ -23,10 +23,10 @@ from hypothesis import strategies as st
 
 from engine.errors import KnownError, ModelFileInvalid
 from engine.models.catalog import ModelCatalog, ModelInfo, Unusable, read_model_info
-from engine.models.gguf_header import MAX_ITEMS, MAX_KEYS, MAX_TENSORS, GGUFHeader, read_header
+from engine.models.gguf_header import MAX_ITEMS, MAX_KEYS, MAX_TENSORS, GGUFHeader, read_header, read_header_from
 from engine.models.remote_header import FIRST_READ, read_remote_header
 from tests.helpers.bad_models import SPARSE_FILES
-from tests.helpers.fake_hub import FakeHub
+from tests.helpers.fake_hub import FakeHub, write_moe_gguf
 from tests.helpers.models import write_tiny_gguf
 
 sparse_only = pytest.mark.skipif(not SPARSE_FILES, reason="NTFS would write the giant file out in full")
@@ -134,6 +134,55 @@ def test_the_same_limits_hold_for_a_header_read_from_the_hub(hub: FakeHub, start
     assert "someone/Huge-GGUF/huge.gguf" in refused.value.message and words in refused.value.message
     assert len(hub.ranges) - asked == 1  # one range of the first megabyte, nothing more
     assert took < 1.0 and peak < 16 * 2**20, (took, peak)
+
+
+class _CountedReads:
+    """A file's bytes as a source that counts the reads asked of it (each one a turn of Python's loop)."""
+
+    def __init__(self, data: bytes) -> None:
+        self.data, self.pos, self.reads = data, 0, 0
+
+    def read(self, n: int) -> bytes:
+        self.reads += 1
+        chunk = self.data[self.pos:self.pos + n]
+        self.pos += len(chunk)
+        return chunk
+
+    def seek(self, offset: int, whence: int = 0) -> int:
+        self.pos = offset if whence == 0 else self.pos + offset
+        return self.pos
+
+    def tell(self) -> int:
+        return self.pos
+
+
+def test_a_large_vocabulary_is_skipped_a_block_at_a_time(tmp_path: Path) -> None:
+    # A header on the Hub is read on a thread beside the window's: read a token at a time, a vocabulary
+    # of 262k tokens (Gemma 3's) kept the interpreter busy for ~0.2 s, and the window waited in turns.
+    path = write_moe_gguf(tmp_path / "wide.gguf", vocabulary=262_144, width=64)
+    data = path.read_bytes()
+    source = _CountedReads(data)
+    header = read_header_from(source, len(data), path)
+    assert header == read_header(path) and header.array_lengths["tokenizer.ggml.tokens"] == 262_144
+    assert source.reads < 1_000, source.reads  # one per token and key before
+
+
+def test_skipped_strings_longer_than_a_block_leave_the_next_key_readable(tmp_path: Path) -> None:
+    writer = GGUFWriter(tmp_path / "long.gguf", arch="llama")
+    writer.add_array("test.notes", [("x" * (100_000 if i % 3 == 0 else i)) for i in range(70)])
+    writer.add_string("test.after", "still here")
+    writer.add_tensor("output_norm.weight", np.ones(32, dtype=np.float32))
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    header = read_header(tmp_path / "long.gguf")
+    assert header.array_lengths["test.notes"] == 70 and "test.notes" not in header.metadata
+    assert header.metadata["test.after"] == "still here"
+    data = (tmp_path / "long.gguf").read_bytes()
+    cut = data.index(b"test.after") - 50_000  # inside the last long note
+    with pytest.raises(ModelFileInvalid, match=r"ends inside its header \(while reading test\.notes\)"):
+        read_header_from(_CountedReads(data[:cut]), cut, tmp_path / "long.gguf")
 
 
 def test_nested_arrays_and_repeated_keys_or_tensors_are_refused(tmp_path: Path) -> None:
