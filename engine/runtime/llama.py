@@ -16,7 +16,7 @@ import logging
 import os
 import sys
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -115,7 +115,8 @@ def load_gguf(path: Path, *, sequences: int = 1, cpu_tensors: Sequence[str] = ()
         check_processor()
         _processor_checked = True
     try:
-        with _context_params(sequences), _tensors_on_cpu(cpu_tensors):
+        # One load at a time: another (an embedder's) must not read the defaults adjusted for this one.
+        with _defaults_lock, _context_params(sequences), _tensors_on_cpu(cpu_tensors):
             llm = llama_cpp.Llama(model_path=str(path), verbose=False, **params)
         llm.model_params.tensor_buft_overrides = None  # read during the load only; its array is gone now
         return llm
@@ -135,20 +136,12 @@ def _context_params(sequences: int) -> Iterator[None]:
     if sequences <= 1:
         yield
         return
-    default = llama_cpp.llama_cpp.llama_context_default_params
 
-    def with_sequences() -> Any:
-        params = default()
+    def adjust(params: Any) -> None:
         params.n_seq_max = sequences
         params.kv_unified = False
-        return params
-
-    with _params_lock:
-        setattr(llama_cpp.llama_cpp, "llama_context_default_params", with_sequences)  # noqa: B010
-        try:
-            yield
-        finally:
-            setattr(llama_cpp.llama_cpp, "llama_context_default_params", default)  # noqa: B010
+    with _llama_defaults("llama_context_default_params", adjust):
+        yield
 
 
 class _TensorOverride(ctypes.Structure):
@@ -170,19 +163,30 @@ def _tensors_on_cpu(patterns: Sequence[str]) -> Iterator[None]:
     kept = [pattern.encode("utf-8") for pattern in patterns]  # the array points into these bytes
     for override, pattern in zip(overrides, kept, strict=False):
         override.pattern, override.buft = pattern, cpu
-    default = llama_cpp.llama_cpp.llama_model_default_params
 
-    def with_overrides() -> Any:
-        params = default()
+    def adjust(params: Any) -> None:
         params.tensor_buft_overrides = ctypes.addressof(overrides)
+    with _llama_defaults("llama_model_default_params", adjust):
+        yield
+
+
+@contextmanager
+def _llama_defaults(name: str, adjust: Callable[[Any], None]) -> Iterator[None]:
+    """While a `Llama` is made, the llama.cpp defaults it reads from `llama_cpp.llama_cpp.<name>`
+    come `adjust`ed (`load_gguf` holds `_defaults_lock`, re-entrant, for the whole load)."""
+    default = getattr(llama_cpp.llama_cpp, name)
+
+    def adjusted() -> Any:
+        params = default()
+        adjust(params)
         return params
 
-    with _model_params_lock:
-        setattr(llama_cpp.llama_cpp, "llama_model_default_params", with_overrides)  # noqa: B010
+    with _defaults_lock:
+        setattr(llama_cpp.llama_cpp, name, adjusted)
         try:
             yield
         finally:
-            setattr(llama_cpp.llama_cpp, "llama_model_default_params", default)  # noqa: B010
+            setattr(llama_cpp.llama_cpp, name, default)
 
 
 def cpu_buffer_type() -> int:
@@ -200,8 +204,7 @@ def cpu_buffer_type() -> int:
     return int(buffer_type)
 
 
-_params_lock = threading.Lock()
-_model_params_lock = threading.Lock()  # apart from `_params_lock`: a load holds both
+_defaults_lock = threading.RLock()
 _processor_checked = False
 _log_callback: Any = None
 _log_lock = threading.Lock()

@@ -172,6 +172,13 @@ def test_eight_parallel_requests_each_get_what_they_get_alone_written_side_by_si
     assert most >= 4, together
 
 
+def chat_turn(served: Served, chat: str, text: str) -> tuple[str, Usage]:
+    """A turn in the window's chat (a new one when `chat` is ""), as the window sends it; its usage."""
+    ticket = served.on_session_thread(lambda session: session.send(chat, text, show=True))
+    events = list(ticket.events(timeout=300))
+    return ticket.conversation_id, next(e for e in events if isinstance(e, Usage))
+
+
 def test_a_request_between_two_turns_of_the_open_chat_leaves_the_chat_its_cache(
         default_models: DefaultModels, cleo_home: Path) -> None:
     """The window's chat and the API share one model: a request must not make the chat read its whole
@@ -181,15 +188,10 @@ def test_a_request_between_two_turns_of_the_open_chat_leaves_the_chat_its_cache(
     with Served(lambda: open_session(settings, model_path=default_models.chat), settings) as served:
         assert served.session is not None
 
-        def turn(chat: str, text: str) -> tuple[str, Usage]:
-            ticket = served.on_session_thread(lambda session: session.send(chat, text, show=True))
-            events = list(ticket.events(timeout=300))
-            return ticket.conversation_id, next(e for e in events if isinstance(e, Usage))
-
-        chat, _ = turn("", "What is the capital of France?")
+        chat, _ = chat_turn(served, "", "What is the capital of France?")
         served.openai().chat.completions.create(messages=[{"role": "user", "content": "Write a line about the sea."}],
                                                 max_tokens=8, **GREEDY)
-        _, usage = turn(chat, "And of Italy?")
+        _, usage = chat_turn(served, chat, "And of Italy?")
         assert usage.prompt_tokens - usage.cached_tokens < 20, usage  # only the new message is read
 
 
@@ -203,18 +205,13 @@ def test_the_chat_is_written_beside_a_long_request_and_keeps_its_cache(
     with Served(lambda: open_session(settings, model_path=default_models.chat), settings) as served:
         assert served.session is not None
 
-        def turn(chat: str, text: str) -> tuple[str, Usage]:
-            ticket = served.on_session_thread(lambda session: session.send(chat, text, show=True))
-            events = list(ticket.events(timeout=300))
-            return ticket.conversation_id, next(e for e in events if isinstance(e, Usage))
-
-        chat, _ = turn("", "What is the capital of France?")
+        chat, _ = chat_turn(served, "", "What is the capital of France?")
         stream = served.openai().chat.completions.create(
             messages=[{"role": "user", "content": "Write a long story about the sea."}], max_tokens=400,
             stream=True, stream_options={"include_usage": True}, **GREEDY)
         chunks = iter(stream)
         next(chunks)  # the request is being written
-        _, usage = turn(chat, "And of Italy?")
+        _, usage = chat_turn(served, chat, "And of Italy?")
         assert served.session.turns.busy("api")  # the chat's reply ended while the request is being written
         rest = list(chunks)
         assert rest[-1].usage is not None and rest[-1].usage.completion_tokens == 400
